@@ -1,0 +1,137 @@
+"""Training speed: median step time, images per second, full-epoch time.
+
+    python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
+        --batch=128 --optimizer=adam
+    python -m experiments.benchmark --model=conv4 --dataset=synthetic \
+        --input_shape=32,32,3 --num_examples=5000 --batch=128
+
+Every number comes from one process, after compilation: the median of
+``--steps`` individually dispatched train steps, and the median of
+``--epochs`` whole epochs run by `randjax.fit`'s jitted `lax.scan`. The
+ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
+printed as a table and as JSON (also written to ``--json`` if given).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+import randjax
+from randjax import data as data_lib
+from randjax import models, train
+
+_MODEL = flags.DEFINE_string("model", "conv4", "Model name (randjax.models.names()).")
+_DATASET = flags.DEFINE_string("dataset", "synthetic",
+                               "Data set name for randjax.data.load, or 'synthetic'.")
+_INPUT_SHAPE = flags.DEFINE_list("input_shape", ["32", "32", "3"],
+                                 "H,W,C of synthetic inputs.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 5000, "Synthetic training examples.")
+_BATCH = flags.DEFINE_integer("batch", 128, "Global batch size.")
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed single steps.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
+_JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+
+
+def _synthetic(shape, n, num_classes=10, seed=0) -> data_lib.Dataset:
+    rng = np.random.default_rng(seed)
+    split = lambda m: data_lib.Split(rng.standard_normal((m, *shape), np.float32),
+                                     rng.integers(0, num_classes, m, dtype=np.int32))
+    empty = split(0)
+    return data_lib.Dataset("synthetic", split(n), empty, empty, num_classes,
+                            tuple(shape), np.zeros(shape[-1]), np.ones(shape[-1]))
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
+              tx: optax.GradientTransformation, reparam: randjax.Reparam,
+              steps: int, epochs: int) -> dict:
+    """Times one method; returns step/epoch medians and derived rates."""
+    model = models.get(model_name, num_classes=dataset.num_classes)
+    mesh = train.data_mesh()
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put(train.init_state(model, reparam, tx, dataset.input_shape,
+                                            jax.random.key(0)), replicated)
+    x, y = jax.device_put((dataset.train.x, dataset.train.y), replicated)
+    step = jax.jit(train.make_train_step(model, reparam, tx), donate_argnums=0)
+    xb, yb, key = x[:batch], y[:batch], jax.random.key(1)
+
+    holder = [state]
+
+    def one_step():
+        holder[0], metrics = step(holder[0], xb, yb, key)
+        return metrics
+
+    one_step()  # compile
+    step_seconds = _median_seconds(one_step, steps)
+
+    n = len(dataset.train.y)
+    epoch_fn = train.make_epoch_fn(train.make_train_step(model, reparam, tx), mesh, n, batch)
+
+    def one_epoch():
+        holder[0], losses, _, _ = epoch_fn(holder[0], x, y, key)
+        return losses
+
+    one_epoch()  # compile
+    epoch_seconds = _median_seconds(one_epoch, epochs)
+    steps_per_epoch = math.ceil(n / batch)
+    return {"step_ms": 1e3 * step_seconds, "images_per_second": batch / step_seconds,
+            "epoch_seconds": epoch_seconds, "steps_per_epoch": steps_per_epoch,
+            "overhead": epoch_seconds / (steps_per_epoch * step_seconds)}
+
+
+def main(argv):
+    del argv
+    if _DATASET.value == "synthetic":
+        dataset = _synthetic(tuple(int(s) for s in _INPUT_SHAPE.value), _NUM_EXAMPLES.value)
+    else:
+        dataset = data_lib.load(_DATASET.value, val_fraction=0.0)
+    tx = optax.adam(1e-3) if _OPTIMIZER.value == "adam" else optax.sgd(0.1, momentum=0.9)
+    methods = {"dense": randjax.dense()}
+    results = {name: benchmark(_MODEL.value, dataset, _BATCH.value, tx, rp,
+                               _STEPS.value, _EPOCHS.value)
+               for name, rp in methods.items()}
+    for name, r in results.items():
+        r["ratio_to_dense"] = r["step_ms"] / results["dense"]["step_ms"]
+    report = {"model": _MODEL.value, "dataset": dataset.name,
+              "input_shape": list(dataset.input_shape), "batch": _BATCH.value,
+              "optimizer": _OPTIMIZER.value, "backend": jax.default_backend(),
+              "devices": jax.device_count(), "cpu": platform.processor() or platform.machine(),
+              "jax": jax.__version__, "results": results}
+    columns = ["step_ms", "images_per_second", "epoch_seconds", "steps_per_epoch",
+               "overhead", "ratio_to_dense"]
+    print(f"{_MODEL.value} on {dataset.name} {tuple(dataset.input_shape)}, batch "
+          f"{_BATCH.value}, {_OPTIMIZER.value}, {jax.device_count()} "
+          f"{jax.default_backend()} device(s)")
+    print("method".ljust(10) + "".join(c.rjust(19) for c in columns))
+    for name, r in results.items():
+        print(name.ljust(10) + "".join(
+            (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])).rjust(19)
+            for c in columns))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

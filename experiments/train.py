@@ -1,0 +1,142 @@
+"""Train a model under a randjax method from an ml_collections config.
+
+    python -m experiments.train --config=experiments/configs/dense.py \
+        --config.model=lenet300_100 --config.dataset=fashion_mnist \
+        --config.epochs=10 --workdir=runs/x
+
+    python -m experiments.train \
+        --config=experiments/configs/presets.py:dense_lenet_fmnist --workdir=runs/p
+
+Writes ``metrics.jsonl`` (one record per epoch), ``summary.json`` and orbax
+checkpoints to ``--workdir``; running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+import optax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import randjax
+from randjax import data as data_lib
+from randjax import models
+
+FLAGS = flags.FLAGS
+_MODEL_OPTIONS = ("width", "use_bias", "batch_norm", "dropout")
+
+
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """The learning-rate schedule named by ``config.schedule``.
+
+    * ``constant``;
+    * ``cosine``: cosine decay to 0 over all steps, updated every step;
+    * ``cosine_epoch``: the same curve held constant within each epoch, as
+      hidden-networks' ``cosine_lr`` (set at the start of every epoch);
+    * ``step``: multiply by ``lr_gamma`` at each epoch in ``lr_milestones``.
+    ``warmup_epochs`` > 0 prepends a linear warm-up from 0.
+    """
+    lr, epochs = config.learning_rate, config.epochs
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = config.warmup_epochs * steps_per_epoch
+    if config.schedule == "constant":
+        schedule = optax.constant_schedule(lr)
+    elif config.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
+    elif config.schedule == "cosine_epoch":
+        decay_epochs = max(epochs - config.warmup_epochs, 1)
+        schedule = lambda step: lr * 0.5 * (
+            1 + jax.numpy.cos(math.pi * (step // steps_per_epoch) / decay_epochs))
+    elif config.schedule == "step":
+        schedule = optax.piecewise_constant_schedule(
+            lr, {int(m) * steps_per_epoch: config.lr_gamma for m in config.lr_milestones})
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}; choose constant, "
+                         "cosine, cosine_epoch or step")
+    if warmup:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+    return schedule
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+    """SGD (PyTorch-style coupled weight decay), Adam or AdamW, with its schedule.
+
+    PyTorch's ``SGD(weight_decay=wd)`` adds ``wd * w`` to the gradient before
+    momentum; `optax.add_decayed_weights` before `optax.sgd` does the same.
+    """
+
+    def optimizer(learning_rate):
+        if config.optimizer == "sgd":
+            sgd = optax.sgd(learning_rate, momentum=config.momentum or None,
+                            nesterov=config.nesterov)
+            return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
+        if config.optimizer == "adam":
+            return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                               optax.adam(learning_rate))
+        if config.optimizer == "adamw":
+            return optax.adamw(learning_rate, weight_decay=config.weight_decay)
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+
+    schedule = make_schedule(config, steps_per_epoch)
+    return optax.inject_hyperparams(optimizer)(learning_rate=schedule)
+
+
+def make_model(config: ml_collections.ConfigDict, num_classes: int):
+    options = {k: config[k] for k in _MODEL_OPTIONS if config.get(k) is not None}
+    return models.get(config.model, num_classes=num_classes,
+                      kernel_init=randjax.init.get(config.init), **options)
+
+
+def make_reparam(config: ml_collections.ConfigDict) -> randjax.Reparam:
+    if config.method == "dense":
+        return randjax.dense()
+    raise ValueError(f"unknown method {config.method!r}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
+                       *, progress: bool = True, **fit_kwargs) -> randjax.train.FitResult:
+    """Loads the data, builds model, method and optimizer, and runs `randjax.fit`."""
+    dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
+                            val_fraction=config.val_fraction, seed=config.seed,
+                            normalize=config.normalize)
+    num_train = len(dataset.train.y)
+    steps_per_epoch = (num_train // config.batch_size if config.drop_remainder
+                       else math.ceil(num_train / config.batch_size))
+    return randjax.fit(
+        make_model(config, dataset.num_classes), dataset,
+        make_optimizer(config, steps_per_epoch), reparam=make_reparam(config),
+        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
+        workdir=workdir, checkpoint_every=config.checkpoint_every,
+        augmentation=randjax.train.Augmentation(config.crop_padding, config.flip),
+        drop_remainder=config.drop_remainder, eval_batch_size=config.eval_batch_size,
+        progress=progress, config=config.to_dict(), **fit_kwargs)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("Too many command-line arguments.")
+    logging.info("JAX devices: %s", jax.devices())
+    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    for record in result.history:
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record.items()))
+    print("summary:", {k: v for k, v in result.summary.items()})
+
+
+def _define_flags():
+    # Defined only when run as a program, so other entry points can import
+    # this module without a flag clash.
+    flags.DEFINE_string("workdir", None, "Directory for metrics, summary and checkpoints.")
+    config_flags.DEFINE_config_file("config", None, "Training configuration file.",
+                                     lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

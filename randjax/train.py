@@ -1,0 +1,477 @@
+"""One jitted, data-parallel training loop for every method.
+
+`fit` trains any Flax Linen model under any `Reparam` (dense, edge-popup,
+Slot Machines, masked training, ...) with any optax transformation:
+
+* the data set lives on the device; each epoch's batches are drawn by a
+  permutation and the whole epoch (full batches, then the remainder batch,
+  as PyTorch's ``drop_last=False`` and Keras' ``fit`` do) runs inside one
+  jitted `jax.lax.scan`;
+* the batch is sharded over a 1-D ``data`` mesh of all local devices with
+  `jax.jit` + `NamedSharding` (state replicated);
+* validation and test accuracy after every epoch, best-validation tracking,
+  metrics to ``metrics.jsonl`` and a ``summary.json`` in ``workdir``;
+* orbax checkpoints every ``checkpoint_every`` epochs and at the end; a run
+  started again in the same ``workdir`` resumes from its last checkpoint and,
+  given a larger budget, trains on to it. Randomness is derived from
+  ``(seed, epoch, step)`` alone, so a resumed run is bitwise identical to an
+  uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from randjax import data as data_lib
+from randjax.reparam import Reparam, dense
+
+PyTree = Any
+EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training, as one pytree."""
+
+    step: jax.Array          # int32 scalar: optimizer steps taken
+    trainable: PyTree        # what the optimizer updates
+    frozen: PyTree           # what the reparametrization keeps fixed
+    model_state: PyTree      # non-parameter collections, e.g. batch_stats
+    opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Per-batch augmentation inside the jitted step (see `data.augment`).
+
+    ``pad_value`` fills the crop padding; `fit` sets it to the normalised
+    value of a black pixel, ``-mean / std``, unless given.
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+    pad_value: Any = None
+
+
+@dataclasses.dataclass
+class FitResult:
+    state: TrainState
+    summary: dict
+    history: list[dict]
+    step_losses: np.ndarray   # the loss of every step of this call, in order
+
+
+# --------------------------------------------------------------------------- #
+# Model application
+# --------------------------------------------------------------------------- #
+
+def init_state(model: nn.Module, reparam: Reparam, tx: optax.GradientTransformation,
+               input_shape: tuple[int, ...], key: jax.Array) -> TrainState:
+    """Initialises the model, splits its parameters by ``reparam``, inits ``tx``."""
+    model_key, reparam_key = jax.random.split(key)
+    variables = model.init(model_key, jnp.zeros((1, *input_shape), jnp.float32))
+    variables = dict(variables)
+    params = variables.pop("params")
+    trainable, frozen = reparam.init(reparam_key, params)
+    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                      frozen=frozen, model_state=variables,
+                      opt_state=tx.init(trainable))
+
+
+def _logits(model, reparam, state_parts, x, key, train):
+    """Forward pass; returns (logits, new model_state)."""
+    trainable, frozen, model_state = state_parts
+    reparam_key, dropout_key = jax.random.split(key)
+    params = reparam.apply(trainable, frozen, key=reparam_key, train=train)
+    variables = {"params": params, **model_state}
+    if train and model_state:
+        logits, new_state = model.apply(variables, x, train=True,
+                                        rngs={"dropout": dropout_key},
+                                        mutable=list(model_state))
+        return logits, dict(new_state)
+    logits = model.apply(variables, x, train=train, rngs={"dropout": dropout_key})
+    return logits, model_state
+
+
+def _xent(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_train_step(model: nn.Module, reparam: Reparam,
+                    tx: optax.GradientTransformation,
+                    augmentation: Augmentation = Augmentation()):
+    """``step(state, x, y, key) -> (state, (loss, accuracy))`` for one batch."""
+
+    def step(state: TrainState, x, y, key):
+        augment_key, forward_key = jax.random.split(key)
+        pad_value = 0.0 if augmentation.pad_value is None else augmentation.pad_value
+        x = data_lib.augment(augment_key, x, crop_padding=augmentation.crop_padding,
+                             flip=augmentation.flip, pad_value=pad_value)
+
+        def loss_fn(trainable):
+            logits, model_state = _logits(
+                model, reparam, (trainable, state.frozen, state.model_state),
+                x, forward_key, train=True)
+            return _xent(logits, y).mean(), (logits, model_state)
+
+        (loss, (logits, model_state)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        accuracy = (logits.argmax(-1) == y).mean()
+        return TrainState(state.step + 1, trainable, state.frozen, model_state,
+                          opt_state), (loss, accuracy)
+
+    return step
+
+
+# --------------------------------------------------------------------------- #
+# Epochs and evaluation, jitted over a data mesh
+# --------------------------------------------------------------------------- #
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh named ``data`` over ``devices`` (default: all local devices)."""
+    devices = jax.local_devices() if devices is None else devices
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def _shard_batch(mesh, *arrays):
+    """Shards the leading axis over ``data`` when it divides evenly.
+
+    A batch that does not divide (only the final remainder batch of an epoch
+    can, since `fit` checks ``batch_size``) is computed replicated: the same
+    numbers, just without the parallel speed-up for that one step.
+    """
+    size = mesh.devices.size
+    return tuple(
+        jax.lax.with_sharding_constraint(a, NamedSharding(mesh, P("data")))
+        if a.shape[0] % size == 0 else a for a in arrays)
+
+
+def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
+                  drop_remainder: bool = False):
+    """A jitted ``epoch(state, x, y, key) -> (state, losses, accuracies, sizes)``.
+
+    ``x`` and ``y`` are the whole device-resident training split. The epoch is
+    one permutation drawn with ``key``: a `lax.scan` over the full batches,
+    then one step on the remainder unless ``drop_remainder``.
+    """
+
+    def run(state, x, y, indices, keys):
+        def body(state, inputs):
+            idx, key = inputs
+            xb, yb = _shard_batch(mesh, x[idx], y[idx])
+            return train_step(state, xb, yb, key)
+        return jax.lax.scan(body, state, (indices, keys))
+
+    def epoch(state, x, y, key):
+        shuffle_key, step_key = jax.random.split(key)
+        full, rest = data_lib.shuffle_batches(shuffle_key, num_examples, batch_size)
+        keep_rest = rest.shape[0] > 0 and not drop_remainder
+        keys = jax.random.split(step_key, full.shape[0] + 1)
+        state, (losses, accs) = run(state, x, y, full, keys[:-1])
+        sizes = jnp.full(losses.shape, batch_size, jnp.int32)
+        if keep_rest:
+            state, (loss, acc) = run(state, x, y, rest[None], keys[-1:])
+            losses, accs = jnp.concatenate([losses, loss]), jnp.concatenate([accs, acc])
+            sizes = jnp.concatenate([sizes, jnp.array([rest.shape[0]], jnp.int32)])
+        return state, losses, accs, sizes
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_eval_fn(model, reparam, mesh, chunk: int):
+    """A jitted ``evaluate(state, x, y, valid, key) -> (mean loss, accuracy)``.
+
+    ``x``/``y``/``valid`` are padded to whole chunks (see `_pad_for_eval`);
+    padded rows have ``valid == 0`` and count for nothing.
+    """
+
+    def evaluate(state, x, y, valid, key):
+        def chunk_sums(inputs):
+            xc, yc, vc = _shard_batch(mesh, *inputs)
+            logits, _ = _logits(model, reparam, (state.trainable, state.frozen,
+                                                 state.model_state),
+                                xc, key, train=False)
+            return (_xent(logits, yc) * vc).sum(), ((logits.argmax(-1) == yc) * vc).sum()
+
+        shape = lambda a: a.reshape(-1, chunk, *a.shape[1:])
+        losses, correct = jax.lax.map(chunk_sums, (shape(x), shape(y), shape(valid)))
+        n = valid.sum()
+        return losses.sum() / n, correct.sum() / n
+
+    return jax.jit(evaluate)
+
+
+def _pad_for_eval(split: data_lib.Split, chunk: int):
+    n = len(split.y)
+    pad = -n % chunk
+    x = np.concatenate([split.x, np.zeros((pad, *split.x.shape[1:]), split.x.dtype)])
+    y = np.concatenate([split.y, np.zeros((pad,), split.y.dtype)])
+    valid = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return x, y, valid
+
+
+# --------------------------------------------------------------------------- #
+# Bookkeeping: hashes, checkpoints, metrics files
+# --------------------------------------------------------------------------- #
+
+def params_sha256(tree: PyTree) -> str:
+    """SHA-256 of every leaf's path, dtype, shape and bytes, in a fixed order.
+
+    Two runs with the same hash ended with bitwise identical parameters.
+    """
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _jsonable(value):
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        value = np.asarray(value)
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
+
+
+class _Progress(NamedTuple):
+    """What a checkpoint stores beside the train state (all arrays)."""
+
+    epoch: jax.Array
+    best_val_accuracy: jax.Array
+    best_val_epoch: jax.Array
+    test_accuracy_at_best_val: jax.Array
+    wall_seconds: jax.Array
+
+
+def _fresh_progress() -> _Progress:
+    return _Progress(*map(np.asarray, (np.int32(0), np.float32(-1.0), np.int32(-1),
+                                       np.float32(-1.0), np.float64(0.0))))
+
+
+def _restore(manager: ocp.CheckpointManager, state: TrainState):
+    """Restores (state, progress) from the latest checkpoint onto ``state``'s shardings."""
+    target = {"state": state, "progress": _fresh_progress()}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(manager.latest_step(),
+                               args=ocp.args.StandardRestore(abstract))
+    state = jax.tree.unflatten(jax.tree.structure(state),
+                               jax.tree.leaves(restored["state"]))
+    progress = _Progress(*jax.tree.leaves(restored["progress"]))
+    return state, progress
+
+
+def _read_history(path: pathlib.Path, up_to_epoch: int) -> list[dict]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [r for r in records if r["epoch"] <= up_to_epoch]
+
+
+def _learning_rate(opt_state) -> float | None:
+    """The learning rate recorded by one `optax.inject_hyperparams` state, if any."""
+    has_hyperparams = lambda node: hasattr(node, "hyperparams")
+    rates = [node.hyperparams["learning_rate"]
+             for node in jax.tree.leaves(opt_state, is_leaf=has_hyperparams)
+             if has_hyperparams(node) and "learning_rate" in node.hyperparams]
+    return float(rates[0]) if len(rates) == 1 else None
+
+
+# --------------------------------------------------------------------------- #
+# The loop
+# --------------------------------------------------------------------------- #
+
+def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
+        epochs: int, batch_size: int, reparam: Reparam | None = None, seed: int = 0,
+        workdir: str | pathlib.Path | None = None, checkpoint_every: int = 1,
+        augmentation: Augmentation = Augmentation(), drop_remainder: bool = False,
+        eval_batch_size: int = 1000, epoch_hook: EpochHook | None = None,
+        devices=None, progress: bool = True, config: Mapping | None = None,
+        ) -> FitResult:
+    """Trains ``model`` on ``dataset`` with ``tx`` for ``epochs`` epochs.
+
+    Args:
+        model: a Flax Linen module called as ``model.apply(v, x, train=...)``.
+        dataset: a `randjax.data.Dataset` (its splits are moved to the device).
+        tx: any optax transformation. Wrap it in `optax.inject_hyperparams`
+            to have the learning rate logged.
+        epochs: the epoch budget; a resumed run trains on up to it.
+        batch_size: global batch size; must divide by the number of devices.
+        reparam: how parameters are trained (default: `randjax.dense()`).
+        seed: the run's only source of randomness (init, shuffling, dropout,
+            augmentation, stochastic reparametrizations).
+        workdir: where ``metrics.jsonl``, ``summary.json``, ``config.json``
+            and orbax checkpoints go; None keeps everything in memory.
+        checkpoint_every: save a checkpoint every this many epochs (and at the
+            end); resumption restarts at the last saved epoch.
+        augmentation: random crop / flip applied inside the jitted step.
+        drop_remainder: skip the last partial batch of each epoch.
+        eval_batch_size: chunk size for evaluation (rounded up to a multiple
+            of the device count).
+        epoch_hook: ``hook(epoch, state) -> dict`` called after each epoch;
+            its entries are added to that epoch's metrics record.
+        devices: devices of the data mesh (default: all local devices).
+        progress: show a tqdm progress bar.
+        config: a JSON-able description of the run, stored in
+            ``config.json``; resuming with a different config (other than
+            ``epochs``) raises instead of silently mixing two runs.
+
+    Returns:
+        A `FitResult` with the final state, the summary dict, the per-epoch
+        history and the per-step training losses of this call.
+    """
+    if epochs < 0 or batch_size < 1 or checkpoint_every < 1:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1 and checkpoint_every >= 1; "
+                         f"got {epochs}, {batch_size}, {checkpoint_every}")
+    reparam = reparam or dense()
+    mesh = data_mesh(devices)
+    num_devices = mesh.devices.size
+    if batch_size % num_devices:
+        raise ValueError(f"batch_size {batch_size} does not divide evenly over "
+                         f"{num_devices} devices; use a multiple of {num_devices}")
+    num_train = len(dataset.train.y)
+    if num_train < batch_size and drop_remainder:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_train} training "
+                         f"examples and drop_remainder=True leaves no step")
+    replicated = NamedSharding(mesh, P())
+    to_device = lambda tree: jax.device_put(tree, replicated)
+
+    key = jax.random.key(seed)
+    init_key, train_key, eval_key = jax.random.split(key, 3)
+    state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key))
+    train_x, train_y = to_device((dataset.train.x, dataset.train.y))
+    chunk = -(-eval_batch_size // num_devices) * num_devices
+    eval_splits = {name: to_device(_pad_for_eval(split, chunk))
+                   for name, split in (("val", dataset.val), ("test", dataset.test))
+                   if len(split.y)}
+
+    if augmentation.pad_value is None:
+        augmentation = dataclasses.replace(
+            augmentation, pad_value=tuple(float(v) for v in -dataset.mean / dataset.std))
+    train_step = make_train_step(model, reparam, tx, augmentation)
+    run_epoch = make_epoch_fn(train_step, mesh, num_train, batch_size, drop_remainder)
+    evaluate = make_eval_fn(model, reparam, mesh, chunk)
+
+    prog, history, manager = _fresh_progress(), [], None
+    if workdir is not None:
+        workdir = pathlib.Path(workdir).absolute()
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_config(workdir / "config.json", config)
+        manager = ocp.CheckpointManager(
+            workdir / "checkpoints",
+            # Synchronous: once `save` returns, a killed run can resume from it.
+            options=ocp.CheckpointManagerOptions(max_to_keep=2,
+                                                 enable_async_checkpointing=False))
+        if manager.latest_step() is not None:
+            state, prog = _restore(manager, state)
+            history = _read_history(workdir / "metrics.jsonl", int(prog.epoch))
+
+    step_losses = []
+    start_epoch = int(prog.epoch)
+    start_time = time.perf_counter() - float(prog.wall_seconds)
+    bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs,
+                    desc="train", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        epoch_start = time.perf_counter()
+        state, losses, accs, sizes = run_epoch(state, train_x, train_y,
+                                               jax.random.fold_in(train_key, epoch))
+        losses, accs, sizes = jax.device_get((losses, accs, sizes))
+        train_seconds = time.perf_counter() - epoch_start
+        step_losses.append(losses)
+        record = {"epoch": epoch + 1, "step": int(state.step),
+                  "train_loss": float(np.average(losses, weights=sizes)),
+                  "train_accuracy": float(np.average(accs, weights=sizes)),
+                  "learning_rate": _learning_rate(state.opt_state),
+                  "epoch_seconds": train_seconds}
+        for name, split in eval_splits.items():
+            loss, acc = evaluate(state, *split, jax.random.fold_in(eval_key, epoch))
+            record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)
+        if epoch_hook is not None:
+            record.update({k: _jsonable(v) for k, v in epoch_hook(epoch + 1, state).items()})
+        prog = _update_progress(prog, record, time.perf_counter() - start_time)
+        record["wall_seconds"] = float(prog.wall_seconds)
+        history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                        val=f"{record.get('val_accuracy', float('nan')):.4f}")
+        if workdir is not None:
+            with open(workdir / "metrics.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in history)
+            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+                manager.save(epoch + 1, args=ocp.args.StandardSave(
+                    {"state": state, "progress": prog}))
+    bar.close()
+    if manager is not None:
+        manager.wait_until_finished()
+        manager.close()
+
+    summary = _summary(state, prog, history, num_devices)
+    if workdir is not None:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    losses = np.concatenate(step_losses) if step_losses else np.zeros((0,), np.float32)
+    return FitResult(state, summary, history, losses)
+
+
+def _update_progress(prog: _Progress, record: dict, wall_seconds: float) -> _Progress:
+    val = record.get("val_accuracy")
+    better = val is not None and val > float(prog.best_val_accuracy)
+    return _Progress(*map(np.asarray, _Progress(
+        epoch=np.int32(record["epoch"]),
+        best_val_accuracy=np.float32(val) if better else prog.best_val_accuracy,
+        best_val_epoch=np.int32(record["epoch"]) if better else prog.best_val_epoch,
+        test_accuracy_at_best_val=(np.float32(record.get("test_accuracy", -1.0))
+                                   if better else prog.test_accuracy_at_best_val),
+        wall_seconds=np.float64(wall_seconds))))
+
+
+def _summary(state: TrainState, prog: _Progress, history: list[dict], num_devices: int):
+    last = history[-1] if history else {}
+    has_val = int(prog.best_val_epoch) >= 0
+    epoch_seconds = [r["epoch_seconds"] for r in history]
+    return {
+        "test_accuracy": last.get("test_accuracy"),
+        "best_val_accuracy": float(prog.best_val_accuracy) if has_val else None,
+        "best_val_epoch": int(prog.best_val_epoch) if has_val else None,
+        "test_accuracy_at_best_val": (float(prog.test_accuracy_at_best_val)
+                                      if has_val else None),
+        "final_train_loss": last.get("train_loss"),
+        "epochs": int(prog.epoch),
+        "steps": int(state.step),
+        "num_devices": num_devices,
+        "wall_seconds": float(prog.wall_seconds),
+        "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
+        "params_sha256": params_sha256(
+            {"trainable": state.trainable, "frozen": state.frozen,
+             "model_state": state.model_state}),
+    }
+
+
+def _check_config(path: pathlib.Path, config: Mapping | None):
+    """Stores ``config``; refuses to resume a workdir written by another config."""
+    if config is None:
+        return
+    config = json.loads(json.dumps(dict(config), default=str))
+    if path.exists():
+        previous = json.loads(path.read_text())
+        differ = sorted(k for k in set(previous) | set(config)
+                        if k != "epochs" and previous.get(k) != config.get(k))
+        if differ:
+            raise ValueError(f"{path.parent} holds a run with a different config "
+                             f"(keys {differ}); use a new --workdir or the same config")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

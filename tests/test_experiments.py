@@ -1,0 +1,130 @@
+"""Experiment entry points: CLI, presets, schedules, quickstart, benchmark."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import quickstart, train
+from experiments.configs import dense, presets
+
+
+def run_module(*args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_cli_trains_then_resumes_and_extends(tmp_path):
+    base = ["experiments.train", "--config=experiments/configs/dense.py",
+            "--config.model=lenet300_100", "--config.width=0.25",
+            f"--workdir={tmp_path}"]
+    run_module(*base, "--config.epochs=1")
+    first = json.loads((tmp_path / "summary.json").read_text())
+    assert first["epochs"] == 1 and first["steps"] == math.ceil(1294 / 128)
+    run_module(*base, "--config.epochs=1")  # resumes: nothing left to train
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["params_sha256"] == first["params_sha256"]
+    run_module(*base, "--config.epochs=2")  # a larger budget trains on
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert json.loads((tmp_path / "config.json").read_text())["width"] == 0.25
+
+
+def test_cli_refuses_a_workdir_of_another_config(tmp_path):
+    base = ["experiments.train", "--config=experiments/configs/dense.py",
+            "--config.epochs=1", f"--workdir={tmp_path}"]
+    run_module(*base, "--config.width=0.25")
+    proc = subprocess.run([sys.executable, "-m", *base, "--config.width=0.5"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "different config (keys ['width'])" in proc.stderr
+
+
+def test_preset_through_the_cli(tmp_path):
+    out = run_module("experiments.train",
+                     "--config=experiments/configs/presets.py:dense_lenet_fmnist",
+                     "--config.dataset=digits", "--config.epochs=1", f"--workdir={tmp_path}")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["optimizer"] == "sgd" and config["schedule"] == "cosine_epoch"
+    assert config["use_bias"] is False and config["val_fraction"] == 0.0
+    assert "summary:" in out
+
+
+def test_dense_lenet_fmnist_preset_matches_the_reference_settings():
+    config = presets.get_config("dense_lenet_fmnist")
+    expected = dict(dataset="fashion_mnist", model="lenet300_100", use_bias=False,
+                    init="kaiming_normal", optimizer="sgd", learning_rate=0.01,
+                    momentum=0.9, weight_decay=1e-4, schedule="cosine_epoch", epochs=10,
+                    batch_size=128, val_fraction=0.0, normalize="standardize",
+                    crop_padding=0, flip=False, drop_remainder=False)
+    assert {k: config[k] for k in expected} == expected
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        presets.get_config("nope")
+
+
+def test_schedules():
+    config = dense.get_config()
+    config.update(learning_rate=0.1, epochs=4)
+    steps = 10
+    config.schedule = "cosine_epoch"
+    lr = train.make_schedule(config, steps)
+    for epoch in range(4):
+        expected = 0.1 * 0.5 * (1 + math.cos(math.pi * epoch / 4))
+        np.testing.assert_allclose([lr(epoch * steps + i) for i in (0, 9)], expected,
+                                   rtol=1e-6)
+    config.schedule = "cosine"
+    lr = train.make_schedule(config, steps)
+    np.testing.assert_allclose([lr(0), lr(20), lr(40)], [0.1, 0.05, 0.0], atol=1e-7)
+    config.update(schedule="step", lr_milestones=(1, 3), lr_gamma=0.1)
+    lr = train.make_schedule(config, steps)
+    np.testing.assert_allclose([lr(9), lr(10), lr(29), lr(30)], [0.1, 0.01, 0.01, 0.001],
+                               rtol=1e-6)
+    config.update(schedule="constant", warmup_epochs=1)
+    lr = train.make_schedule(config, steps)
+    np.testing.assert_allclose([lr(0), lr(5), lr(10), lr(39)], [0.0, 0.05, 0.1, 0.1],
+                               rtol=1e-6)
+    config.schedule = "linear"
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        train.make_schedule(config, steps)
+
+
+def test_sgd_weight_decay_is_added_to_the_gradient_as_in_pytorch():
+    import jax.numpy as jnp
+    import optax
+    config = dense.get_config()
+    config.update(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    tx = train.make_optimizer(config, steps_per_epoch=1)
+    w, g = jnp.array([2.0]), jnp.array([0.5])
+    state = tx.init(w)
+    buf = 0.0
+    for _ in range(3):  # torch.optim.SGD: buf = m * buf + (g + wd * w); w -= lr * buf
+        buf = 0.9 * buf + (0.5 + 0.01 * w)
+        expected = w - 0.1 * buf
+        updates, state = tx.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        np.testing.assert_allclose(w, expected, rtol=1e-6)
+
+
+def test_quickstart_table():
+    rows = quickstart.run(["lenet300_100"], epochs=3)
+    assert rows[0]["model"] == "lenet300_100" and rows[0]["epochs"] == 3
+    assert rows[0]["test"] > 0.8
+    table = quickstart.format_table(rows).splitlines()
+    assert table[0].split() == list(rows[0]) and len(table) == 3
+
+
+def test_benchmark_reports_json(tmp_path):
+    out_file = tmp_path / "bench.json"
+    out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
+                     "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}")
+    report = json.loads(out_file.read_text())
+    dense_result = report["results"]["dense"]
+    assert dense_result["steps_per_epoch"] == math.ceil(1438 / 64)  # val_fraction=0
+    assert dense_result["step_ms"] > 0 and dense_result["epoch_seconds"] > 0
+    assert dense_result["images_per_second"] == pytest.approx(64e3 / dense_result["step_ms"])
+    assert dense_result["ratio_to_dense"] == 1.0
+    assert "step_ms" in out and "overhead" in out

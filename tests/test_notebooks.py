@@ -1,0 +1,32 @@
+"""Every notebook runs top to bottom on CPU with tiny settings."""
+
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).parent.parent / "notebooks"
+TINY = {"quickstart.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
+                            'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nREPO_URL = ""\n'}
+
+
+def test_every_notebook_has_tiny_settings():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(TINY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_notebook_runs(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, "one cell tagged 'parameters'"
+    parameters[0].source = TINY[name]
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.outputs)
+    assert "backend: CPU" in text
+    assert "test accuracy" in text
+    figures = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+               if "image/png" in out.get("data", {})]
+    assert figures, "the curves cell draws a figure"

@@ -1,0 +1,147 @@
+"""The training loop: accuracy, determinism, resumption, files, errors."""
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import randjax
+from randjax import data, models, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", val_fraction=0.1, seed=0)
+
+
+def small_mlp():
+    return models.get("lenet300_100", width=0.25)
+
+
+def adam():
+    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+
+
+def test_lenet_reaches_90_percent_on_digits(digits):
+    result = randjax.fit(models.get("lenet300_100"), digits, adam(), epochs=15,
+                         batch_size=64, progress=False)
+    assert result.summary["test_accuracy"] >= 0.90
+    assert result.summary["test_accuracy_at_best_val"] >= 0.90
+    # Loss goes down: the last epoch's mean loss is far below the first.
+    assert result.history[-1]["train_loss"] < 0.3 * result.history[0]["train_loss"]
+
+
+def test_epoch_step_counts_include_or_drop_the_remainder(digits):
+    n = len(digits.train.y)
+    assert n % 64, "the fixture must leave a partial batch"
+    kept = randjax.fit(small_mlp(), digits, adam(), epochs=1, batch_size=64, progress=False)
+    dropped = randjax.fit(small_mlp(), digits, adam(), epochs=1, batch_size=64,
+                          drop_remainder=True, progress=False)
+    assert kept.summary["steps"] == -(-n // 64) == len(kept.step_losses)
+    assert dropped.summary["steps"] == n // 64
+
+
+def test_run_is_a_pure_function_of_seed(digits):
+    fit = lambda seed: randjax.fit(small_mlp(), digits, adam(), epochs=2, batch_size=64,
+                                   seed=seed, progress=False).summary["params_sha256"]
+    assert fit(3) == fit(3)
+    assert fit(3) != fit(4)
+
+
+def test_files_and_summary(digits, tmp_path):
+    result = randjax.fit(small_mlp(), digits, adam(), epochs=3, batch_size=64,
+                         workdir=tmp_path, progress=False, config={"lr": 1e-3},
+                         epoch_hook=lambda epoch, state: {"hook_epoch": epoch,
+                                                          "step_again": state.step})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(result.summary))
+    for key in ("test_accuracy", "best_val_accuracy", "test_accuracy_at_best_val",
+                "final_train_loss", "steps", "num_devices", "wall_seconds",
+                "params_sha256"):
+        assert summary[key] is not None, key
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["hook_epoch"] for r in records] == [1, 2, 3]
+    assert [r["step_again"] for r in records] == [r["step"] for r in records]
+    assert all(r["learning_rate"] == pytest.approx(1e-3) for r in records)
+    best = max(records, key=lambda r: r["val_accuracy"])
+    assert summary["best_val_accuracy"] == pytest.approx(best["val_accuracy"])
+    assert summary["test_accuracy_at_best_val"] == pytest.approx(best["test_accuracy"])
+    assert summary["final_train_loss"] == pytest.approx(records[-1]["train_loss"])
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 1e-3}
+
+
+def test_without_validation_split_best_val_is_null():
+    dataset = data.load("digits", val_fraction=0.0)
+    result = randjax.fit(small_mlp(), dataset, adam(), epochs=1, batch_size=64,
+                         progress=False)
+    assert result.summary["best_val_accuracy"] is None
+    assert result.summary["test_accuracy_at_best_val"] is None
+    assert "val_accuracy" not in result.history[0]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_identical_parameters(digits, tmp_path):
+    kwargs = dict(epochs=4, batch_size=64, progress=False, config={"x": 1})
+    reference = randjax.fit(small_mlp(), digits, adam(), **kwargs)
+
+    def die_after_two(epoch, state):
+        if epoch == 2:
+            raise Interrupt
+        return {}
+
+    with pytest.raises(Interrupt):
+        randjax.fit(small_mlp(), digits, adam(), workdir=tmp_path,
+                    epoch_hook=die_after_two, **kwargs)
+    # The checkpoint of epoch 2 is not written (the hook ran first): resume from 1.
+    resumed = randjax.fit(small_mlp(), digits, adam(), workdir=tmp_path, **kwargs)
+    assert resumed.summary["params_sha256"] == reference.summary["params_sha256"]
+    assert len(resumed.step_losses) == 3 * len(reference.step_losses) // 4
+    np.testing.assert_array_equal(resumed.step_losses,
+                                  reference.step_losses[-len(resumed.step_losses):])
+    records = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [1, 2, 3, 4]
+
+
+def test_budget_extension_matches_a_longer_run(digits, tmp_path):
+    kwargs = dict(batch_size=64, progress=False)
+    short = randjax.fit(small_mlp(), digits, adam(), epochs=2, workdir=tmp_path, **kwargs)
+    longer = randjax.fit(small_mlp(), digits, adam(), epochs=4, workdir=tmp_path, **kwargs)
+    direct = randjax.fit(small_mlp(), digits, adam(), epochs=4, **kwargs)
+    assert short.summary["steps"] * 2 == longer.summary["steps"]
+    assert longer.summary["params_sha256"] == direct.summary["params_sha256"]
+
+
+def test_resuming_with_another_config_is_refused(digits, tmp_path):
+    randjax.fit(small_mlp(), digits, adam(), epochs=1, batch_size=64, workdir=tmp_path,
+                progress=False, config={"lr": 1e-3, "epochs": 1})
+    with pytest.raises(ValueError, match=r"different config \(keys \['lr'\]\)"):
+        randjax.fit(small_mlp(), digits, adam(), epochs=2, batch_size=64,
+                    workdir=tmp_path, progress=False, config={"lr": 1e-2, "epochs": 2})
+
+
+def test_batch_norm_statistics_are_trained(digits):
+    model = models.get("conv2", width=0.125, batch_norm=True)
+    state = train.init_state(model, randjax.dense(), adam(), digits.input_shape,
+                             jax.random.key(0))
+    result = randjax.fit(model, digits, adam(), epochs=1, batch_size=64, progress=False)
+    before = jax.tree.leaves(state.model_state)
+    after = jax.tree.leaves(result.state.model_state)
+    assert before and all(not np.allclose(b, a) for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batch_size=0), "batch_size >= 1"),
+    (dict(epochs=-1), "epochs >= 0"),
+    (dict(checkpoint_every=0), "checkpoint_every >= 1"),
+    (dict(batch_size=5000, drop_remainder=True), "exceeds the"),
+])
+def test_bad_arguments(digits, kwargs, message):
+    args = dict(epochs=1, batch_size=64, progress=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        randjax.fit(small_mlp(), digits, adam(), **args)
