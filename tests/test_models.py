@@ -174,7 +174,7 @@ def test_width_scales_hidden_layers(name):
     k1 = leaves(variables_of(name, num_classes=7)["params"], "kernel")
     k2 = leaves(variables_of(name, num_classes=7, width=2.0)["params"], "kernel")
     assert k1.keys() == k2.keys()
-    for i, (path, a) in enumerate(k1.items()):   # in creation order: the input layer first
+    for i, (path, a) in enumerate(k1.items()):   # sorted: Conv_0 / Dense_0, the input layer, first
         b = k2[path].shape
         out = 7 if a.shape[-1] == 7 else 2 * a.shape[-1]
         assert b[-1] == out, (path, a.shape, b)
@@ -338,3 +338,7 @@ def test_errors():
         models.get("f1", num_classes=0)
     with pytest.raises(ValueError, match="shortcut"):
         models.get("resnet20", shortcut="identity")
+    with pytest.raises(ValueError, match="3 rates"):
+        models.get("conv13", dropout=(0.1, 0.2))
+    with pytest.raises(ValueError, match="dropout"):
+        models.get("conv13", dropout=(0.1, 0.2, 1.5))

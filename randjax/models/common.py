@@ -43,7 +43,6 @@ kaiming_normal: Initializer = jax.nn.initializers.variance_scaling(2.0, "fan_in"
 """He et al. (2015) normal init, fan-in, untruncated: std = sqrt(2 / fan_in)."""
 
 
-
 def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
     """Keras ``he_uniform``: U(+-sqrt(6 / fan_in)), fan_in = product of all but
     the last axis (``(in, out)`` dense, ``(h, w, in, out)`` conv kernels) and,

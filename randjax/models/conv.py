@@ -130,11 +130,14 @@ class Conv13(Model):
 
     plan: ClassVar[tuple[tuple[int, int], ...]] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
+    def __post_init__(self):
+        if isinstance(self.dropout, tuple) and len(self.dropout) != 3:
+            raise ValueError(f"Conv13 dropout must be a rate or 3 rates, got {self.dropout!r}")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         rates = self.dropout if isinstance(self.dropout, tuple) else (self.dropout,) * 3
-        if len(rates) != 3:
-            raise ValueError(f"Conv13 dropout must be a rate or 3 rates, got {self.dropout!r}")
         first = True
         for n, repeats in self.plan:
             for i in range(repeats):
