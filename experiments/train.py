@@ -120,7 +120,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
-    logging.info("JAX devices: %s", jax.devices())
+    if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
+    print(f"devices: {jax.devices()}")
     result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     for record in result.history:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
