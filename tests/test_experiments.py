@@ -128,3 +128,40 @@ def test_benchmark_reports_json(tmp_path):
     assert dense_result["images_per_second"] == pytest.approx(64e3 / dense_result["step_ms"])
     assert dense_result["ratio_to_dense"] == 1.0
     assert "step_ms" in out and "overhead" in out
+
+
+def test_plot_writes_curves(tmp_path):
+    from experiments import plot
+    import randjax
+    import optax
+    from randjax import data, models
+    run = tmp_path / "run"
+    randjax.fit(models.get("lenet300_100", width=0.25), data.load("digits"), optax.adam(1e-3),
+                epochs=2, batch_size=64, workdir=run, progress=False)
+    out = tmp_path / "curves.png"
+    plot.plot_runs({"run": plot.read_metrics(run)}, out, title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    with pytest.raises(FileNotFoundError, match="is .* a run directory"):
+        plot.read_metrics(tmp_path / "nothing")
+
+
+def test_cli_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
+    import signal
+    import time
+    args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/dense.py",
+            "--config.model=lenet300_100", "--config.epochs=12", "--config.batch_size=32"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + [f"--workdir={killed}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "3").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    run_module(*args[2:], f"--workdir={killed}")
+    run_module(*args[2:], f"--workdir={tmp_path / 'straight'}")
+    resumed = json.loads((killed / "summary.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert resumed["params_sha256"] == straight["params_sha256"]
+    assert resumed["steps"] == straight["steps"] == 12 * math.ceil(1294 / 32)

@@ -25,6 +25,15 @@ SCRIPT = textwrap.dedent("""
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     leaf = jax.tree.leaves(eight.state.trainable)[0]
     assert len(leaf.sharding.device_set) == 8
+    # Batch norm: statistics of the global batch, whatever the sharding.
+    bn = lambda devices: randjax.fit(models.get("conv2", width=0.125, batch_norm=True), ds,
+                                     optax.adam(1e-3), epochs=1, batch_size=64,
+                                     devices=devices, progress=False)
+    bn_one, bn_eight = bn(jax.devices()[:1]), bn(jax.devices())
+    np.testing.assert_allclose(bn_one.step_losses, bn_eight.step_losses, rtol=1e-3, atol=1e-4)
+    for a, b in zip(jax.tree.leaves(bn_one.state.model_state),
+                    jax.tree.leaves(bn_eight.state.model_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="does not divide evenly over 8 devices"):
         run(jax.devices(), batch_size=60)
     print("OK")

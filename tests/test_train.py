@@ -145,3 +145,43 @@ def test_bad_arguments(digits, kwargs, message):
     args = dict(epochs=1, batch_size=64, progress=False) | kwargs
     with pytest.raises(ValueError, match=message):
         randjax.fit(small_mlp(), digits, adam(), **args)
+
+
+def random_features_reparam():
+    """Trains only the classifier; hidden layers are frozen, and in training a
+    fresh random 10% of each frozen leaf is dropped (exercises ``key``)."""
+
+    def init(key, params):
+        head = max(params)  # the last Dense layer by name
+        frozen = {name: layer for name, layer in params.items() if name != head}
+        return {head: params[head]}, frozen
+
+    def apply(trainable, frozen, *, key=None, train=True):
+        if train:
+            leaves, tree = jax.tree.flatten(frozen)
+            keys = jax.random.split(key, len(leaves))
+            leaves = [w * jax.random.bernoulli(k, 0.9, w.shape) / 0.9
+                      for k, w in zip(keys, leaves)]
+            frozen = jax.tree.unflatten(tree, leaves)
+        return {**frozen, **trainable}
+
+    return randjax.Reparam(init, apply)
+
+
+def test_a_reparametrization_plugs_in(digits):
+    model = models.get("lenet300_100", width=0.5)
+    rp = random_features_reparam()
+    tx = optax.adam(1e-2)
+    fit = lambda epochs, seed=0: randjax.fit(model, digits, tx, reparam=rp, epochs=epochs,
+                                             batch_size=64, seed=seed, progress=False)
+    initial, result = fit(0).state, fit(6)
+    assert set(result.state.trainable) == {"Dense_2"}
+    assert set(result.state.frozen) == {"Dense_0", "Dense_1"}
+    # Frozen weights are bitwise unchanged; the classifier has trained.
+    jax.tree.map(np.testing.assert_array_equal, initial.frozen, result.state.frozen)
+    assert not np.allclose(initial.trainable["Dense_2"]["kernel"],
+                           result.state.trainable["Dense_2"]["kernel"])
+    assert result.summary["test_accuracy"] > 0.8
+    # A different seed draws other dropped weights, hence other losses.
+    other = fit(1, seed=1)
+    assert not np.allclose(other.step_losses, result.step_losses[:len(other.step_losses)])

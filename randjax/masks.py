@@ -1,0 +1,510 @@
+"""Binary masks from scores, with straight-through gradients.
+
+Edge-popup (Ramanujan et al., 2020) keeps the top-k fraction of |scores| in
+each layer; Zhou et al.'s supermasks (2019) sample each weight's mask from
+Bernoulli(sigmoid(logits)). Both masks are piecewise constant, so their
+gradients are replaced by straight-through estimators (`jax.custom_vjp`): the
+forward value is an exact 0/1 array and the backward pass is the identity
+(`topk_mask`) or goes through the sigmoid (`bernoulli_mask`,
+`threshold_mask`).
+
+`kth_largest` is the exact k-th largest value that `topk_mask` thresholds at.
+It never sorts: it maps the values to unsigned integer keys with the same
+order and selects the k-th largest key digit by digit (radix select), which
+is ~100x faster than ``jnp.sort`` on CPU for millions of elements.
+
+References:
+    Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?",
+    CVPR 2020. https://arxiv.org/abs/1911.13299
+    Zhou et al., "Deconstructing Lottery Tickets: Zeros, Signs, and the
+    Supermask", NeurIPS 2019. https://arxiv.org/abs/1905.01067
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["bernoulli_mask", "kth_largest", "threshold_mask", "topk_mask"]
+
+# Selection strategy (see `_select`). Measured on a 2-core CPU (XLA:CPU,
+# jax 0.10.2), k-th largest of 2.4M float32 under jit, median of 7 runs:
+# jnp.sort ~980 ms; bisection, one counting pass `sum(keys >= candidate)`
+# per bit (32 passes) ~48 ms; radix select, scatter-add histograms of
+# 8/11/16-bit digits (4/3/2 passes) ~12/8/8 ms. Radix select with 16-bit
+# digits is used on CPU for large arrays (2 passes for float32, 1 for
+# bfloat16); for small arrays (< _RADIX_MIN_SIZE) both run in microseconds
+# and bisection compiles several times faster.
+_RADIX_BITS = 16
+_RADIX_MIN_SIZE = 1 << 16
+_METHODS = ("auto", "radix", "bisect")
+_ROUNDINGS = ("round", "reference")
+
+
+# ---------------------------------------------------------------------------
+# Order-preserving keys.
+
+
+def _key_dtype(dtype) -> np.dtype:
+    """The unsigned integer dtype with the bit width of ``dtype``."""
+    return np.dtype(f"uint{np.dtype(dtype).itemsize * 8}")
+
+
+def _check_sortable(x: jax.Array, name: str) -> None:
+    """Raises ValueError unless ``x`` holds real floats or integers."""
+    dtype = x.dtype
+    if dtype == jnp.bool_ or not (jnp.issubdtype(dtype, jnp.floating)
+                                  or jnp.issubdtype(dtype, jnp.integer)):
+        raise ValueError(
+            f"{name} must have a real floating or integer dtype, got {dtype}")
+
+
+def _sign_bit(udtype) -> np.generic:
+    return udtype.type(1 << (udtype.itemsize * 8 - 1))
+
+
+def _max_key(udtype) -> np.generic:
+    return udtype.type(np.iinfo(udtype).max)
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+    """Flattened unsigned keys whose integer order is ``jnp.sort``'s order.
+
+    Floats: the sign bit of non-negatives is set and all bits of negatives
+    are inverted, so keys increase with the value. As in ``jnp.sort``,
+    -0.0 and +0.0 get the same key and every NaN (any sign or payload) gets
+    the largest key, above +inf. Signed integers: the sign bit is flipped.
+    """
+    x = x.ravel()
+    udtype = _key_dtype(x.dtype)
+    if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
+        return x
+    bits = lax.bitcast_convert_type(x, udtype)
+    sign = _sign_bit(udtype)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return bits ^ sign
+    keys = jnp.where(bits >= sign, ~bits, bits | sign)
+    keys = jnp.where(x == 0, sign, keys)
+    return jnp.where(jnp.isnan(x), _max_key(udtype), keys)
+
+
+def _from_key(key: jax.Array, dtype) -> jax.Array:
+    """Inverts `_order_keys` for one key (zero and NaN keys excluded)."""
+    if jnp.issubdtype(dtype, jnp.unsignedinteger):
+        return key
+    sign = _sign_bit(key.dtype)
+    if jnp.issubdtype(dtype, jnp.integer):
+        return lax.bitcast_convert_type(key ^ sign, dtype)
+    bits = jnp.where(key >= sign, key ^ sign, ~key)
+    return lax.bitcast_convert_type(bits, dtype)
+
+
+# ---------------------------------------------------------------------------
+# Selection on unsigned keys.
+
+
+def _radix_select(keys, k, nbits):
+    """k-th largest of ``keys`` (< 2**nbits) by histograms of digits.
+
+    Each pass histograms (scatter-add) the next digit of the keys that match
+    the prefix decided so far, then finds the digit holding the k-th largest
+    by a bit-by-bit search over the bins. Passes and searches are
+    `lax.fori_loop`s: XLA:CPU compiles every unrolled pass separately.
+    Keys narrower than a multiple of the digit width just have leading
+    zero digits.
+
+    Returns:
+        ``(key, rank)``: the k-th largest key and ``k - count(keys > key)``,
+        the rank (from 1) of the answer among the keys equal to it.
+    """
+    width = _RADIX_BITS
+    passes = -(-nbits // width)
+    bins = jnp.arange(1 << width, dtype=jnp.int32)
+    udtype = keys.dtype
+
+    def one_pass(i, carry):
+        prefix, rank = carry
+        high = (passes - i) * width  # bits [high, ...) are decided
+        shift = (high - width).astype(udtype)
+        digit = ((keys >> shift) & ((1 << width) - 1)).astype(jnp.int32)
+        # Two shifts, each < the bit width of the keys (high may equal it).
+        undecided = lambda v: (v >> (high - 1).astype(udtype)) >> 1
+        digit = jnp.where(undecided(keys) == undecided(prefix), digit, 1 << width)
+        hist = jnp.zeros(1 << width, jnp.int32).at[digit].add(1, mode="drop")
+        d, above = _search_histogram(hist, bins, rank, width)
+        return prefix | (d.astype(udtype) << shift), rank - above
+
+    start = (jnp.zeros((), udtype), jnp.asarray(k, jnp.int32))
+    return lax.fori_loop(0, passes, one_pass, start)
+
+
+def _search_histogram(hist, bins, rank, width):
+    """The largest ``d`` with ``sum(hist[d:]) >= rank``, and ``sum(hist[d+1:])``."""
+
+    def set_bit(i, d):
+        candidate = d | (1 << (width - 1 - i))
+        at_least = jnp.sum(jnp.where(bins >= candidate, hist, 0))
+        return jnp.where(at_least >= rank, candidate, d)
+
+    d = lax.fori_loop(0, width, set_bit, jnp.zeros((), jnp.int32))
+    return d, jnp.sum(jnp.where(bins > d, hist, 0))
+
+
+def _bisect_select(keys, k, nbits):
+    """k-th largest of ``keys`` (< 2**nbits), one counting pass per bit.
+
+    Builds the answer from the most significant bit: a bit is set when at
+    least k keys are >= the prefix with that bit set. Same returns as
+    `_radix_select`.
+    """
+    one = jnp.ones((), keys.dtype)
+
+    def set_bit(i, prefix):
+        candidate = prefix | (one << (nbits - 1 - i).astype(keys.dtype))
+        count = jnp.sum(keys >= candidate, dtype=jnp.int32)
+        return jnp.where(count >= k, candidate, prefix)
+
+    key = lax.fori_loop(0, nbits, set_bit, jnp.zeros((), keys.dtype))
+    return key, k - jnp.sum(keys > key, dtype=jnp.int32)
+
+
+def _select(keys, k, nbits, method):
+    """Dispatches to a selection algorithm; see `kth_largest`'s ``method``."""
+    radix = functools.partial(_radix_select, k=k, nbits=nbits)
+    bisect = functools.partial(_bisect_select, k=k, nbits=nbits)
+    if method == "radix":
+        return radix(keys)
+    if method == "bisect" or keys.size < _RADIX_MIN_SIZE:
+        return bisect(keys)
+    # Scatter-add histograms are cheap on CPU but serialise on TPU and
+    # contend on GPU atomics (float keys crowd a few top digits), where the
+    # 32 bandwidth-bound reductions of bisection are the safe choice.
+    return lax.platform_dependent(keys, cpu=radix, default=bisect)
+
+
+def _nth_tie_index(eq, rank, from_end, method):
+    """Flat index of the rank-th True of ``eq``, counted from either end."""
+    n = eq.size
+    iota = jnp.arange(n, dtype=jnp.uint32)
+    position = iota + 1 if from_end else n - iota
+    keys = jnp.where(eq, position, jnp.uint32(0))
+    key, _ = _select(keys, rank, n.bit_length(), method)
+    return key - 1 if from_end else n - key
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+
+
+def _check_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"{name} must be a Python int (static under jit), got {value!r}")
+    return int(value)
+
+
+def _check_size(x: jax.Array, name: str) -> None:
+    if x.size == 0 or x.size >= 2**31:
+        raise ValueError(
+            f"{name} must have between 1 and 2**31 - 1 elements, got {x.size}")
+
+
+def _check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+
+def _check_density(density) -> float:
+    if (isinstance(density, bool) or not isinstance(density, numbers.Real)
+            or isinstance(density, jax.Array)):
+        raise ValueError(
+            "density must be a Python float in (0, 1] (it fixes the static "
+            f"number of kept entries), got {density!r}")
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    return float(density)
+
+
+def _check_float(x: jax.Array, name: str) -> None:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+
+
+# ---------------------------------------------------------------------------
+# Public API.
+
+
+def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
+    """The exact k-th largest value of an array, without sorting.
+
+    Bitwise equal to ``jnp.sort(x.ravel())[-k]`` for every input, including
+    the cases where ``jnp.sort`` (a stable sort that compares -0.0 equal to
+    +0.0 and puts every NaN after +inf) depends on input order:
+
+    * -0.0 vs +0.0: they tie, so the k-th largest is the zero that the stable
+      sort puts at position ``n - k``: the ``r``-th zero from the end in
+      flattened order, with ``r = k - count(x > 0) - count(isnan(x))``.
+    * NaN: NaNs are larger than +inf; with ``k <= count(isnan(x))`` the
+      result is the k-th NaN from the end in flattened order, with its own
+      sign and payload bits.
+
+    The values are mapped to unsigned keys with the same order (sign bit of
+    non-negatives set, all bits of negatives inverted; integers: sign bit
+    flipped) and the k-th largest key is selected digit by digit: radix select
+    with 11-bit histograms on CPU (3 passes for float32), bit-by-bit counting
+    on other platforms (one reduction per bit). Cost is O(n) per pass.
+
+    Args:
+        x: array of any shape (flattened) with a floating dtype (float16,
+            bfloat16, float32, float64) or an integer dtype.
+        k: Python int with ``1 <= k <= x.size``; static under `jax.jit`.
+        method: ``"auto"`` (radix on CPU, bisect elsewhere), ``"radix"`` or
+            ``"bisect"``; all give the same result.
+
+    Returns:
+        A scalar of ``x.dtype``. Under `jax.vmap`, one per batch element.
+
+    Raises:
+        ValueError: ``k`` is not an int in ``[1, x.size]``; ``x`` is empty,
+            has 2**31 or more elements, or is boolean or complex; unknown
+            ``method``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.masks import kth_largest
+        >>> x = jnp.array([[3.0, -1.0], [7.0, 3.0]])
+        >>> float(kth_largest(x, 1)), float(kth_largest(x, 3))
+        (7.0, 3.0)
+
+    References:
+        Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
+        Network?", CVPR 2020 (the per-layer top-k threshold).
+    """
+    x = jnp.asarray(x)
+    _check_sortable(x, "x")
+    _check_size(x, "x")
+    k = _check_int(k, "k")
+    _check_method(method)
+    if not 1 <= k <= x.size:
+        raise ValueError(f"k must be in [1, x.size={x.size}], got {k}")
+    keys = _order_keys(x)
+    key, rank = _select(keys, k, keys.dtype.itemsize * 8, method)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return _from_key(key, x.dtype)
+    sign = _sign_bit(keys.dtype)
+    tied = (key == sign) | (key == _max_key(keys.dtype))
+
+    def pick_tie():
+        index = _nth_tie_index(keys == key, rank, True, method)
+        return x.ravel()[index]
+
+    return lax.cond(tied, pick_tie, lambda: _from_key(key, x.dtype))
+
+
+def _kept_count(n: int, density: float, rounding: str) -> int:
+    """How many of ``n`` entries a density keeps (see `topk_mask`)."""
+    if rounding == "round":
+        return max(1, round(density * n))
+    return n - int((1 - density) * n)
+
+
+def topk_mask(scores: jax.Array, density: float, *,
+              rounding: str = "round") -> jax.Array:
+    """Edge-popup mask: 1 for the largest scores, straight-through gradient.
+
+    Keeps exactly ``k`` entries, also with ties: every entry above the
+    threshold ``t = kth_largest(scores, k)`` and, among the entries equal to
+    ``t``, the first ones in flattened (row-major) order. Values are ordered
+    as by ``jnp.sort``: -0.0 ties with +0.0 and NaN is larger than +inf. The
+    gradient is straight-through: ``d mask / d scores`` is the identity, so
+    the upstream gradient reaches every score unchanged.
+
+    The kept count is, for ``n = scores.size``:
+
+    * ``rounding="round"`` (default): ``k = max(1, round(density * n))``
+      (Python's round, half to even).
+    * ``rounding="reference"``: ``k = n - int((1 - density) * n)``, exactly
+      the count of hidden-networks' ``GetSubnet``, which sorts and zeroes the
+      ``int((1 - density) * n)`` smallest. This is ``ceil(density * n)``
+      except where float error in ``(1 - density) * n`` crosses an integer
+      (n = 10, density = 0.9: ``(1 - 0.9) * 10 = 0.9999999999999998``, so it
+      keeps 10). It may be 0 (``density < 2**-53``): the mask is then all
+      zeros.
+
+    So the two agree when ``density * n`` is an integer (barring that float
+    error) or has a fractional part above 0.5; "reference" keeps one more
+    when the fractional part is in (0, 0.5) (n = 10, density = 0.33: 3 vs 4)
+    or exactly 0.5 with an even integer part (n = 5, density = 0.5: 2 vs 3).
+    This is common in practice (a 3x3x64x64 conv kernel, n = 36864, at
+    density 0.3 or 0.1; n = 1000 at density 0.9): use "reference" to
+    reproduce hidden-networks' per-layer counts.
+
+    ``GetSubnet`` breaks ties by torch's (unstable) sort order; here ties are
+    deterministic.
+
+    Args:
+        scores: floating array of any shape (edge-popup passes |scores|).
+        density: Python float in (0, 1], the fraction of entries kept; static.
+        rounding: ``"round"`` or ``"reference"``, see above.
+
+    Returns:
+        A 0/1 array with the shape and dtype of ``scores``.
+
+    Raises:
+        ValueError: ``density`` is not a Python real in (0, 1] (NaN, arrays
+            and tracers included); ``scores`` is not floating or is empty;
+            unknown ``rounding``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.masks import topk_mask
+        >>> topk_mask(jnp.array([0.3, 0.9, 0.1, 0.5]), 0.5)
+        Array([0., 1., 0., 1.], dtype=float32)
+        >>> topk_mask(jnp.ones(4), 0.5)  # ties: the first ones are kept
+        Array([1., 1., 0., 0.], dtype=float32)
+
+    References:
+        Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
+        Network?", CVPR 2020; allenai/hidden-networks, utils/conv_type.py.
+    """
+    density = _check_density(density)
+    if rounding not in _ROUNDINGS:
+        raise ValueError(
+            f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    scores = jnp.asarray(scores)
+    _check_float(scores, "scores")
+    _check_size(scores, "scores")
+    return _topk_mask(scores, _kept_count(scores.size, density, rounding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _topk_mask(scores, k):
+    """The forward top-k mask, with an identity (straight-through) VJP."""
+    if k == 0:
+        return jnp.zeros_like(scores)
+    keys = _order_keys(scores)
+    key, rank = _select(keys, k, keys.dtype.itemsize * 8, "auto")
+    eq = keys == key
+    tie_count = jnp.sum(eq, dtype=jnp.int32)
+
+    def first_ties():
+        cut = _nth_tie_index(eq, rank, False, "auto")
+        return eq & (jnp.arange(eq.size, dtype=jnp.uint32) <= cut)
+
+    # Usually every tie is kept (continuous scores: a single one); the
+    # extra selection pass only runs when ties straddle the cut.
+    kept_ties = lax.cond(tie_count == rank, lambda: eq, first_ties)
+    mask = (keys > key) | kept_ties
+    return mask.reshape(scores.shape).astype(scores.dtype)
+
+
+def _topk_mask_fwd(scores, k):
+    return _topk_mask(scores, k), None
+
+
+def _topk_mask_bwd(k, residual, g):
+    del k, residual
+    return (g,)
+
+
+_topk_mask.defvjp(_topk_mask_fwd, _topk_mask_bwd)
+
+
+@jax.custom_vjp
+def _through_sigmoid(logits, hard):
+    """Returns ``hard``; the VJP goes to ``logits`` through a sigmoid."""
+    del logits
+    return hard
+
+
+def _through_sigmoid_fwd(logits, hard):
+    return hard, logits
+
+
+def _through_sigmoid_bwd(logits, g):
+    wide = jnp.promote_types(logits.dtype, jnp.float32)
+    z = logits.astype(wide)
+    # sigmoid(z) * sigmoid(-z) == s * (1 - s), without cancellation for
+    # large |z| (where 1 - s rounds to 0).
+    slope = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+    grad = (g.astype(wide) * slope).astype(logits.dtype)
+    return grad, jnp.zeros_like(g)
+
+
+_through_sigmoid.defvjp(_through_sigmoid_fwd, _through_sigmoid_bwd)
+
+
+def bernoulli_mask(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """Zhou's supermask: a Bernoulli(sigmoid(logits)) sample, straight-through.
+
+    The forward value is an exact 0/1 sample, the same as
+    ``jax.random.bernoulli(key, jax.nn.sigmoid(logits))`` with the sigmoid
+    taken in (at least) float32, so bfloat16 logits do not coarsen the
+    probabilities. The backward pass is straight-through the sigmoid:
+    ``d/dlogits = upstream * sigmoid(logits) * (1 - sigmoid(logits))``.
+
+    Args:
+        key: a `jax.random` key; a fixed key gives a fixed sample.
+        logits: floating array of any shape, the mask logits.
+
+    Returns:
+        A 0/1 array with the shape and dtype of ``logits``.
+
+    Raises:
+        ValueError: ``logits`` is not floating.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from randjax.masks import bernoulli_mask
+        >>> logits = jnp.array([-30.0, 0.0, 30.0])
+        >>> bernoulli_mask(jax.random.key(0), logits)[jnp.array([0, 2])]
+        Array([0., 1.], dtype=float32)
+
+    References:
+        Zhou et al., "Deconstructing Lottery Tickets: Zeros, Signs, and the
+        Supermask", NeurIPS 2019.
+    """
+    logits = jnp.asarray(logits)
+    _check_float(logits, "logits")
+    wide = jnp.promote_types(logits.dtype, jnp.float32)
+    probs = jax.nn.sigmoid(lax.stop_gradient(logits).astype(wide))
+    hard = jax.random.bernoulli(key, probs).astype(logits.dtype)
+    return _through_sigmoid(logits, hard)
+
+
+def threshold_mask(logits: jax.Array) -> jax.Array:
+    """Deterministic supermask: 1 where sigmoid(logits) > 0.5, straight-through.
+
+    The mask is ``logits > 0``, which is ``sigmoid(logits) > 0.5`` in exact
+    arithmetic (a float sigmoid rounds to 0.5 for tiny positive logits, which
+    this avoids). Logit 0 (probability 0.5) and NaN give 0. The gradient is
+    that of `bernoulli_mask`: ``upstream * sigmoid'(logits)``.
+
+    Args:
+        logits: floating array of any shape, the mask logits.
+
+    Returns:
+        A 0/1 array with the shape and dtype of ``logits``.
+
+    Raises:
+        ValueError: ``logits`` is not floating.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.masks import threshold_mask
+        >>> threshold_mask(jnp.array([-1.0, 0.0, 2.0]))
+        Array([0., 0., 1.], dtype=float32)
+
+    References:
+        Zhou et al., "Deconstructing Lottery Tickets: Zeros, Signs, and the
+        Supermask", NeurIPS 2019.
+    """
+    logits = jnp.asarray(logits)
+    _check_float(logits, "logits")
+    hard = (lax.stop_gradient(logits) > 0).astype(logits.dtype)
+    return _through_sigmoid(logits, hard)
