@@ -6,10 +6,14 @@ pruning functions and analysis tools. `fit` is the one jitted, data-parallel
 training loop they all share.
 """
 
-from randjax import data, init, models, train
+from randjax import data, init, masks, models, train
+from randjax.masks import bernoulli_mask, kth_largest, threshold_mask, topk_mask
 from randjax.reparam import Reparam, dense, is_kernel
 from randjax.train import fit
 
 __version__ = "0.1.0"
 
-__all__ = ["Reparam", "data", "dense", "fit", "init", "is_kernel", "models", "train"]
+__all__ = [
+    "Reparam", "bernoulli_mask", "data", "dense", "fit", "init", "is_kernel", "kth_largest",
+    "masks", "models", "threshold_mask", "topk_mask", "train",
+]

