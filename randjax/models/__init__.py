@@ -13,8 +13,8 @@ Build a model by name::
 Every model accepts the common options of `Model` (``num_classes``,
 ``width``, ``use_bias``, ``batch_norm``, ``bn_affine``, ``bn_momentum``,
 ``bn_epsilon``, ``bn_scale_init``, ``dropout``, ``kernel_init``,
-``bias_init``, ``dtype``), with defaults that follow each model's reference
-(see the class docstrings); the residual nets also take ``shortcut``.
+``bias_init``, ``dtype``, ``fast_conv_grad``), with defaults that follow each
+model's reference (see the class docstrings); the residual nets also take ``shortcut``.
 Call as ``model.apply(variables, x, train=...)``; in training pass
 ``rngs={"dropout": key}`` when ``dropout > 0`` and ``mutable=["batch_stats"]``
 when ``batch_norm``.
