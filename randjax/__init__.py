@@ -8,12 +8,12 @@ training loop they all share.
 
 from randjax import data, init, masks, models, train
 from randjax.masks import bernoulli_mask, kth_largest, threshold_mask, topk_mask
-from randjax.reparam import Reparam, dense, is_kernel
+from randjax.reparam import Reparam, dense, edge_popup, is_kernel, supermask
 from randjax.train import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Reparam", "bernoulli_mask", "data", "dense", "fit", "init", "is_kernel", "kth_largest",
-    "masks", "models", "threshold_mask", "topk_mask", "train",
+    "Reparam", "bernoulli_mask", "data", "dense", "edge_popup", "fit", "init", "is_kernel",
+    "kth_largest", "masks", "models", "supermask", "threshold_mask", "topk_mask", "train",
 ]

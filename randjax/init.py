@@ -8,17 +8,35 @@ said (``kaiming_uniform_(a=sqrt(5))``, i.e. U(+-1/sqrt(fan_in))). Fans follow
 JAX's convention for kernels: dense ``(in, out)``, conv ``(h, w, in, out)``
 with the receptive field counted into both fans.
 
+Edge-popup's hidden-networks code adds ``signed_constant`` (every weight is
+``+-gain / sqrt(fan_in)``, the sign of a Kaiming-normal draw) and, with
+``scale_fan``, variants whose fan-in is multiplied by the kept fraction
+``density`` so the pruned network keeps the variance of a dense one:
+``scaled_kaiming_normal`` and ``scaled_signed_constant``, reached by name
+with ``get(name, density=...)``.
+
 References:
     He et al., "Delving Deep into Rectifiers", ICCV 2015.
     Glorot & Bengio, "Understanding the difficulty of training deep
     feedforward neural networks", AISTATS 2010.
+    Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?",
+    CVPR 2020 (signed constant, scale_fan); allenai/hidden-networks,
+    utils/builder.py.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
 from jax.nn import initializers
 
 Initializer = initializers.Initializer
+
+_GAIN = math.sqrt(2.0)  # ReLU gain, as in hidden-networks
 
 _INITIALIZERS: dict[str, Initializer] = {
     "kaiming_normal": initializers.variance_scaling(2.0, "fan_in", "normal"),
@@ -30,19 +48,175 @@ _INITIALIZERS: dict[str, Initializer] = {
 }
 
 
-def names() -> list[str]:
-    """The registered initializer names."""
-    return sorted(_INITIALIZERS)
 
 
-def get(name: str) -> Initializer:
-    """The initializer called ``name`` (see `names`).
+def _check_density(density) -> float:
+    if (isinstance(density, bool) or not isinstance(density, numbers.Real)
+            or isinstance(density, jax.Array)):
+        raise ValueError(f"density must be a Python float in (0, 1], got {density!r}")
+    if not 0.0 < float(density) <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    return float(density)
+
+
+def fan_in(shape) -> int:
+    """Fan-in of a kernel shape, JAX convention: ``prod(shape[:-1])``.
+
+    Dense ``(in, out)`` gives ``in``; conv ``(h, w, in, out)`` gives
+    ``h * w * in``.
 
     Raises:
-        ValueError: ``name`` is not registered; the message lists the names.
+        ValueError: ``shape`` has fewer than two dimensions.
+
+    Example:
+        >>> from randjax.init import fan_in
+        >>> fan_in((3, 3, 16, 32)), fan_in((784, 300))
+        (144, 784)
     """
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(
+            f"fan_in needs a kernel with ndim >= 2 (in, out) or (..., in, out), "
+            f"got shape {shape}")
+    return math.prod(shape[:-1])
+
+
+def _signed_constant(density: float) -> Initializer:
+    kaiming = _INITIALIZERS["kaiming_normal"]
+
+    def init(key, shape, dtype=jnp.float32):
+        value = _GAIN / math.sqrt(fan_in(shape) * density)
+        w = kaiming(key, shape, jnp.float32)
+        return jnp.where(w < 0, -value, value).astype(dtype)
+
+    return init
+
+
+signed_constant: Initializer = _signed_constant(1.0)
+signed_constant.__doc__ = """Signed constant: ``sign(w) * sqrt(2) / sqrt(fan_in)``.
+
+``w`` is a Kaiming-normal draw (so each sign is a fair coin); every entry is
+exactly ``+-sqrt(2) / sqrt(fan_in)`` (a zero draw counts as positive).
+
+Args:
+    key: a `jax.random` key.
+    shape: kernel shape with ndim >= 2 (fan-in as in `fan_in`).
+    dtype: output dtype.
+
+Returns:
+    An array of ``shape`` and ``dtype``.
+
+Example:
+    >>> import jax, numpy as np
+    >>> from randjax.init import signed_constant
+    >>> w = signed_constant(jax.random.key(0), (8, 4))
+    >>> np.unique(np.round(np.asarray(w), 4)).tolist()
+    [-0.5, 0.5]
+
+References:
+    Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?",
+    CVPR 2020.
+"""
+
+
+def scaled_signed_constant(density: float) -> Initializer:
+    """`signed_constant` with fan-in multiplied by the kept fraction.
+
+    Entries are ``+-sqrt(2) / sqrt(fan_in * density)``, i.e. `signed_constant`
+    divided by ``sqrt(density)`` (hidden-networks' ``scale_fan``).
+
+    Args:
+        density: Python float in (0, 1], the fraction of weights kept.
+
+    Returns:
+        An initializer ``init(key, shape, dtype=float32)``.
+
+    Raises:
+        ValueError: ``density`` is not in (0, 1].
+
+    Example:
+        >>> import jax, numpy as np
+        >>> from randjax.init import scaled_signed_constant
+        >>> w = scaled_signed_constant(0.25)(jax.random.key(0), (8, 4))
+        >>> np.unique(np.round(np.asarray(w), 4)).tolist()
+        [-1.0, 1.0]
+
+    References:
+        Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
+        Network?", CVPR 2020.
+    """
+    return _signed_constant(_check_density(density))
+
+
+def scaled_kaiming_normal(density: float) -> Initializer:
+    """Kaiming normal (PyTorch's) with fan-in multiplied by the kept fraction.
+
+    Untruncated normal with variance ``2 / (fan_in * density)``: for the same
+    key, ``kaiming_normal`` divided by ``sqrt(density)``.
+
+    Args:
+        density: Python float in (0, 1], the fraction of weights kept.
+
+    Returns:
+        An initializer ``init(key, shape, dtype=float32)``.
+
+    Raises:
+        ValueError: ``density`` is not in (0, 1].
+
+    Example:
+        >>> import jax
+        >>> from randjax.init import scaled_kaiming_normal
+        >>> scaled_kaiming_normal(0.5)(jax.random.key(0), (4, 3)).shape
+        (4, 3)
+
+    References:
+        Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
+        Network?", CVPR 2020; He et al., ICCV 2015.
+    """
+    density = _check_density(density)
+    return initializers.variance_scaling(2.0 / density, "fan_in", "normal")
+
+
+_INITIALIZERS["signed_constant"] = signed_constant
+
+# Initializers that depend on the kept fraction (``get(name, density=...)``).
+_SCALED: dict[str, Callable[[float], Initializer]] = {
+    "scaled_kaiming_normal": scaled_kaiming_normal,
+    "scaled_signed_constant": scaled_signed_constant,
+}
+
+
+def names() -> list[str]:
+    """The registered initializer names."""
+    return sorted([*_INITIALIZERS, *_SCALED])
+
+
+def get(name: str, density: float = 1.0) -> Initializer:
+    """The initializer called ``name`` (see `names`).
+
+    Args:
+        name: a registered name.
+        density: the kept fraction in (0, 1], used only by the ``scaled_*``
+            initializers (fan-in times ``density``); ignored by the others.
+
+    Returns:
+        An initializer ``init(key, shape, dtype=float32)``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the names);
+            ``density`` is not in (0, 1] for a ``scaled_*`` name.
+
+    Example:
+        >>> import jax
+        >>> from randjax import init
+        >>> init.get("scaled_signed_constant", density=0.5)(
+        ...     jax.random.key(0), (2, 2)).shape
+        (2, 2)
+    """
+    if name in _SCALED:
+        return _SCALED[name](density)
     try:
         return _INITIALIZERS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(
             f"unknown initializer {name!r}; choose one of {names()}") from None

@@ -270,9 +270,49 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
 def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     """``window`` x ``window`` max-pool, stride ``window``, floor semantics; an
-    axis smaller than the window is pooled over its full size (1 stays 1)."""
+    axis smaller than the window is pooled over its full size (1 stays 1).
+
+    Values and gradients are those of ``nn.max_pool`` (the first maximum of a
+    window takes the gradient); on CPU the gradient is an argmax + one-hot
+    instead of XLA's select-and-scatter, 3x faster: 79 vs 238 ms for
+    (128, 32, 32, 64) on 2 cores, about 0.25 s of a Conv4 step.
+    """
     w = tuple(min(window, s) for s in x.shape[1:3])
+    return _window_max(x, w)
+
+
+def _windows(x: jax.Array, w: tuple[int, int]) -> jax.Array:
+    """``(N, H, W, C) -> (N, H//wh, W//ww, C, wh*ww)``, dropping the remainder."""
+    n, h, wd, c = x.shape
+    (wh, ww), ho, wo = w, h // w[0], wd // w[1]
+    x = x[:, :ho * wh, :wo * ww]
+    return x.reshape(n, ho, wh, wo, ww, c).transpose(0, 1, 3, 5, 2, 4).reshape(
+        n, ho, wo, c, wh * ww)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x, w):
     return nn.max_pool(x, w, strides=w)
+
+
+def _window_max_fwd(x, w):
+    return _window_max(x, w), x
+
+
+def _window_max_bwd(w, x, g):
+    def one_hot_grad(x, g):
+        n, h, wd, c = x.shape
+        (wh, ww), ho, wo = w, h // w[0], wd // w[1]
+        first_max = jax.nn.one_hot(jnp.argmax(_windows(x, w), -1), wh * ww, dtype=g.dtype)
+        dx = (first_max * g[..., None]).reshape(n, ho, wo, c, wh, ww)
+        dx = dx.transpose(0, 1, 4, 2, 5, 3).reshape(n, ho * wh, wo * ww, c)
+        return jnp.pad(dx, ((0, 0), (0, h - ho * wh), (0, wd - wo * ww), (0, 0)))
+
+    xla_grad = lambda x, g: jax.vjp(lambda x: nn.max_pool(x, w, strides=w), x)[1](g)[0]
+    return (lax.platform_dependent(x, g, cpu=one_hot_grad, default=xla_grad),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
