@@ -144,7 +144,7 @@ def main(argv):
     results = {name: benchmark(_MODEL.value, dataset, _BATCH.value, tx, rp,
                                _STEPS.value, _EPOCHS.value)
                for name, rp in methods.items()}
-    for name, r in results.items():
+    for r in results.values():
         r["ratio_to_dense"] = r["step_ms"] / results["dense"]["step_ms"]
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare

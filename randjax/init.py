@@ -27,12 +27,12 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 from jax.nn import initializers
+
+from randjax.masks import check_density
 
 Initializer = initializers.Initializer
 
@@ -46,17 +46,6 @@ _INITIALIZERS: dict[str, Initializer] = {
     "lecun_normal": initializers.lecun_normal(),
     "pytorch_default": initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
 }
-
-
-
-
-def _check_density(density) -> float:
-    if (isinstance(density, bool) or not isinstance(density, numbers.Real)
-            or isinstance(density, jax.Array)):
-        raise ValueError(f"density must be a Python float in (0, 1], got {density!r}")
-    if not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
-    return float(density)
 
 
 def fan_in(shape) -> int:
@@ -145,7 +134,7 @@ def scaled_signed_constant(density: float) -> Initializer:
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020.
     """
-    return _signed_constant(_check_density(density))
+    return _signed_constant(check_density(density))
 
 
 def scaled_kaiming_normal(density: float) -> Initializer:
@@ -173,7 +162,7 @@ def scaled_kaiming_normal(density: float) -> Initializer:
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020; He et al., ICCV 2015.
     """
-    density = _check_density(density)
+    density = check_density(density)
     return initializers.variance_scaling(2.0 / density, "fan_in", "normal")
 
 

@@ -226,7 +226,8 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
-def _check_density(density) -> float:
+def check_density(density) -> float:
+    """``density`` as a float, or ValueError unless a Python real in (0, 1]."""
     if (isinstance(density, bool) or not isinstance(density, numbers.Real)
             or isinstance(density, jax.Array)):
         raise ValueError(
@@ -393,7 +394,7 @@ def topk_mask(scores: jax.Array, density: float, *,
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020; allenai/hidden-networks, utils/conv_type.py.
     """
-    density = _check_density(density)
+    density = check_density(density)
     if rounding not in _ROUNDINGS:
         raise ValueError(
             f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")

@@ -250,7 +250,7 @@ def edge_popup(density: float, *, scope: str = "layer",
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020; allenai/hidden-networks, utils/conv_type.py.
     """
-    density = masks._check_density(density)
+    density = masks.check_density(density)
     if scope not in _SCOPES:
         raise ValueError(f"scope must be one of {_SCOPES}, got {scope!r}")
     if rounding not in masks._ROUNDINGS:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import pathlib
 import time
 from typing import Any, Callable, Mapping, NamedTuple
