@@ -41,6 +41,9 @@ _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer.
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed single steps.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+_FAST_CONV_GRAD = flags.DEFINE_bool(
+    "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
+    "CPU (--nofast_conv_grad: XLA's own, to compare).")
 
 
 def _synthetic(shape, n, num_classes=10, seed=0) -> data_lib.Dataset:
@@ -65,7 +68,8 @@ def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
               tx: optax.GradientTransformation, reparam: randjax.Reparam,
               steps: int, epochs: int) -> dict:
     """Times one method; returns step/epoch medians and derived rates."""
-    model = models.get(model_name, num_classes=dataset.num_classes)
+    model = models.get(model_name, num_classes=dataset.num_classes,
+                       fast_conv_grad=_FAST_CONV_GRAD.value)
     mesh = train.data_mesh()
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     state = jax.device_put(train.init_state(model, reparam, tx, dataset.input_shape,
@@ -105,7 +109,8 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     This is the floor a hand-written JAX prototype reaches; `benchmark`'s
     epoch over it is what randjax's generality costs.
     """
-    model = models.get(model_name, num_classes=dataset.num_classes)
+    model = models.get(model_name, num_classes=dataset.num_classes,
+                       fast_conv_grad=_FAST_CONV_GRAD.value)
     x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
     params = model.init(jax.random.key(0), x[:1])["params"]
     steps = len(y) // batch
@@ -152,7 +157,8 @@ def main(argv):
               "input_shape": list(dataset.input_shape), "batch": _BATCH.value,
               "optimizer": _OPTIMIZER.value, "backend": jax.default_backend(),
               "devices": jax.device_count(), "cpu": platform.processor() or platform.machine(),
-              "jax": jax.__version__, "bare_scan_epoch_seconds": bare, "results": results}
+              "jax": jax.__version__, "fast_conv_grad": _FAST_CONV_GRAD.value,
+              "bare_scan_epoch_seconds": bare, "results": results}
     columns = ["step_ms", "images_per_second", "epoch_seconds", "steps_per_epoch",
                "overhead", "ratio_to_dense"]
     print(f"{_MODEL.value} on {dataset.name} {tuple(dataset.input_shape)}, batch "
