@@ -3,11 +3,14 @@
     python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
         --batch=128 --optimizer=adam
     python -m experiments.benchmark --model=conv4 --dataset=synthetic \
-        --input_shape=32,32,3 --num_examples=5000 --batch=128
+        --input_shape=32,32,3 --num_examples=5000 --batch=128 \
+        --methods=dense,edge_popup --optimizer=sgd
 
 Every number comes from one process, after compilation: the median of
 ``--steps`` individually dispatched train steps, and the median of
-``--epochs`` whole epochs run by `randjax.fit`'s jitted `lax.scan`. The
+``--epochs`` whole epochs run by `randjax.fit`'s jitted `lax.scan`, the
+``--methods`` timed in turn round by round (``ratio_to_dense``: step time
+over dense's). The
 ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
 printed as a table and as JSON (also written to ``--json`` if given).
 """
@@ -41,6 +44,9 @@ _OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer.
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed single steps.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
+_METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
+                             "(dense is always included): dense, edge_popup, supermask.")
+_DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup.")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
     "CPU (--nofast_conv_grad: XLA's own, to compare).")
@@ -55,19 +61,24 @@ def _synthetic(shape, n, num_classes=10, seed=0) -> data_lib.Dataset:
                             tuple(shape), np.zeros(shape[-1]), np.ones(shape[-1]))
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
+def _interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median seconds of each ``fn()``, timed in turn round by round.
+
+    Interleaving spreads the machine's drift (other load, clock changes)
+    over all methods alike, so their ratios are fair.
+    """
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
-              tx: optax.GradientTransformation, reparam: randjax.Reparam,
-              steps: int, epochs: int) -> dict:
-    """Times one method; returns step/epoch medians and derived rates."""
+def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
+            tx: optax.GradientTransformation, reparam: randjax.Reparam):
+    """Compiled ``(one_step, one_epoch)`` closures of one method."""
     model = models.get(model_name, num_classes=dataset.num_classes,
                        fast_conv_grad=_FAST_CONV_GRAD.value)
     mesh = train.data_mesh()
@@ -77,29 +88,38 @@ def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
     x, y = jax.device_put((dataset.train.x, dataset.train.y), replicated)
     step = jax.jit(train.make_train_step(model, reparam, tx), donate_argnums=0)
     xb, yb, key = x[:batch], y[:batch], jax.random.key(1)
-
     holder = [state]
 
     def one_step():
         holder[0], metrics = step(holder[0], xb, yb, key)
         return metrics
 
-    one_step()  # compile
-    step_seconds = _median_seconds(one_step, steps)
-
-    n = len(dataset.train.y)
-    epoch_fn = train.make_epoch_fn(train.make_train_step(model, reparam, tx), mesh, n, batch)
+    epoch_fn = train.make_epoch_fn(train.make_train_step(model, reparam, tx), mesh,
+                                   len(dataset.train.y), batch)
 
     def one_epoch():
         holder[0], losses, _, _ = epoch_fn(holder[0], x, y, key)
         return losses
 
-    one_epoch()  # compile
-    epoch_seconds = _median_seconds(one_epoch, epochs)
-    steps_per_epoch = math.ceil(n / batch)
-    return {"step_ms": 1e3 * step_seconds, "images_per_second": batch / step_seconds,
-            "epoch_seconds": epoch_seconds, "steps_per_epoch": steps_per_epoch,
-            "overhead": epoch_seconds / (steps_per_epoch * step_seconds)}
+    one_step(), one_epoch()  # compile
+    return one_step, one_epoch
+
+
+def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
+              tx: optax.GradientTransformation, methods: dict[str, randjax.Reparam],
+              steps: int, epochs: int) -> dict:
+    """Times every method, interleaved; step/epoch medians and derived rates."""
+    compiled = {name: prepare(model_name, dataset, batch, tx, rp)
+                for name, rp in methods.items()}
+    step_seconds = _interleaved_medians({n: c[0] for n, c in compiled.items()}, steps)
+    epoch_seconds = _interleaved_medians({n: c[1] for n, c in compiled.items()}, epochs)
+    steps_per_epoch = math.ceil(len(dataset.train.y) / batch)
+    return {name: {"step_ms": 1e3 * step_seconds[name],
+                   "images_per_second": batch / step_seconds[name],
+                   "epoch_seconds": epoch_seconds[name],
+                   "steps_per_epoch": steps_per_epoch,
+                   "overhead": epoch_seconds[name] / (steps_per_epoch * step_seconds[name])}
+            for name in methods}
 
 
 def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
@@ -135,7 +155,8 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
 
     one_epoch()  # compile
     # Scaled to the full epoch (the bare scan drops the remainder batch).
-    return _median_seconds(one_epoch, epochs) * math.ceil(len(y) / batch) / steps
+    seconds = _interleaved_medians({"bare": one_epoch}, epochs)["bare"]
+    return seconds * math.ceil(len(y) / batch) / steps
 
 
 def main(argv):
@@ -145,10 +166,20 @@ def main(argv):
     else:
         dataset = data_lib.load(_DATASET.value, val_fraction=0.0)
     tx = optax.adam(1e-3) if _OPTIMIZER.value == "adam" else optax.sgd(0.1, momentum=0.9)
-    methods = {"dense": randjax.dense()}
-    results = {name: benchmark(_MODEL.value, dataset, _BATCH.value, tx, rp,
-                               _STEPS.value, _EPOCHS.value)
-               for name, rp in methods.items()}
+    available = {
+        "dense": randjax.dense,
+        "edge_popup": lambda: randjax.edge_popup(_DENSITY.value,
+                                                 weight_init="signed_constant"),
+        "supermask": lambda: randjax.supermask(weight_init="signed_constant"),
+    }
+    unknown = set(_METHODS.value) - set(available)
+    if unknown:
+        raise app.UsageError(f"unknown --methods {sorted(unknown)}; choose from "
+                             f"{sorted(available)}")
+    names = ["dense", *(m for m in _METHODS.value if m != "dense")]
+    results = benchmark(_MODEL.value, dataset, _BATCH.value, tx,
+                        {name: available[name]() for name in names},
+                        _STEPS.value, _EPOCHS.value)
     for r in results.values():
         r["ratio_to_dense"] = r["step_ms"] / results["dense"]["step_ms"]
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
@@ -164,9 +195,9 @@ def main(argv):
     print(f"{_MODEL.value} on {dataset.name} {tuple(dataset.input_shape)}, batch "
           f"{_BATCH.value}, {_OPTIMIZER.value}, {jax.device_count()} "
           f"{jax.default_backend()} device(s)")
-    print("method".ljust(10) + "".join(c.rjust(19) for c in columns))
+    print("method".ljust(12) + "".join(c.rjust(19) for c in columns))
     for name, r in results.items():
-        print(name.ljust(10) + "".join(
+        print(name.ljust(12) + "".join(
             (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])).rjust(19)
             for c in columns))
     print(f"bare jitted scan, same model and optimizer: {bare:.4f} s/epoch; "

@@ -13,6 +13,7 @@ checkpoints to ``--workdir``; running the same command again resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -88,14 +89,31 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
     options = {k: config[k] for k in _MODEL_OPTIONS if config.get(k) is not None}
-    return models.get(config.model, num_classes=num_classes,
-                      kernel_init=randjax.init.get(config.init), **options)
+    if config.method == "dense":  # the other methods draw their own weights
+        options["kernel_init"] = randjax.init.get(config.init)
+    return models.get(config.model, num_classes=num_classes, **options)
 
 
 def make_reparam(config: ml_collections.ConfigDict) -> randjax.Reparam:
+    """The `randjax.Reparam` of ``config.method``: dense, edge_popup or supermask.
+
+    The weight-freezing methods redraw the frozen weights with
+    ``config.init`` (so a ``scaled_*`` name sees the kept fraction).
+    """
     if config.method == "dense":
         return randjax.dense()
-    raise ValueError(f"unknown method {config.method!r}")
+    if config.method == "edge_popup":
+        return randjax.edge_popup(
+            config.density, scope=config.scope, weight_init=config.init,
+            score_init=config.score_init, rounding=config.rounding,
+            scale_fan=config.scale_fan, store_weights=config.store_weights)
+    if config.method == "supermask":
+        return randjax.supermask(
+            logit_init=config.logit_init, sample_at_eval=config.sample_at_eval,
+            dynamic_scaling=config.dynamic_scaling, weight_init=config.init,
+            store_weights=config.store_weights)
+    raise ValueError(f"unknown method {config.method!r}; choose dense, edge_popup "
+                     "or supermask")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
@@ -104,6 +122,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
                             val_fraction=config.val_fraction, seed=config.seed,
                             normalize=config.normalize)
+    if config.train_limit is not None:
+        if config.train_limit < 1:
+            raise ValueError(f"train_limit must be >= 1, got {config.train_limit}")
+        x, y = dataset.train
+        dataset = dataclasses.replace(dataset, train=data_lib.Split(
+            x[:config.train_limit], y[:config.train_limit]))
     num_train = len(dataset.train.y)
     steps_per_epoch = (num_train // config.batch_size if config.drop_remainder
                        else math.ceil(num_train / config.batch_size))

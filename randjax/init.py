@@ -27,8 +27,10 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 from jax.nn import initializers
 
@@ -209,3 +211,150 @@ def get(name: str, density: float = 1.0) -> Initializer:
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown initializer {name!r}; choose one of {names()}") from None
+
+
+# ---------------------------------------------------------------------------
+# Sparse and single-value initialisations of whole parameter trees (LaPerm,
+# Sec. 5.5): pure functions over params with a key, unlike the per-leaf
+# initializers above.
+
+
+def _kernel_filter(path, leaf) -> bool:
+    # randjax.reparam.is_kernel, which cannot be imported here (reparam
+    # imports this module).
+    del path
+    return getattr(leaf, "ndim", 0) >= 2
+
+
+def _selected_paths(params, filter):
+    """(path, leaf) of every leaf chosen by ``filter``, in flattening order."""
+    if not callable(filter):
+        raise ValueError(f"filter must be a callable filter(path, leaf), got {filter!r}")
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    chosen = [(path, leaf) for path, leaf in leaves
+              if hasattr(leaf, "ndim") and filter(path, leaf)]
+    if not chosen:
+        raise ValueError("the filter selects no leaf of params")
+    return chosen
+
+
+def _path_names(path) -> set[str]:
+    return {str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path}
+
+
+def random_prune(key: jax.Array, params, density: float, *, input_density: float = 0.8,
+                 input_layer: str | None = None, filter=None):
+    """Randomly zeroes each selected weight with probability ``1 - density``.
+
+    Every entry of a selected leaf is kept independently with probability
+    ``density`` (a Bernoulli mask, as the reference's ``random_prune``); the
+    input layer keeps ``max(density, input_density)`` instead, since pruning
+    the first layer hard cuts off input pixels. Pruned entries become +0.0;
+    under LaPerm the zeros are then permuted with the other values.
+
+    Args:
+        key: a `jax.random` key; leaf ``i`` (in flattening order among the
+            selected leaves) draws its mask with ``fold_in(key, i)``.
+        params: a parameter pytree.
+        density: Python float in (0, 1], the expected fraction kept.
+        input_density: Python float in [0, 1], the lowest fraction the input
+            layer keeps (0 prunes it like every other layer).
+        input_layer: the name of the input layer's module (a key in the
+            leaf's path, e.g. ``"Conv_0"``); default: the first selected
+            leaf in flattening order, which is ``Conv_0`` or ``Dense_0`` in
+            every `randjax.models` network.
+        filter: ``filter(path, leaf) -> bool`` selects the leaves to prune
+            (default: kernels, ``leaf.ndim >= 2``; biases and BatchNorm stay).
+
+    Returns:
+        ``params`` with the selected leaves masked (same shapes and dtypes).
+
+    Raises:
+        ValueError: ``density`` is not in (0, 1]; ``input_density`` is not
+            in [0, 1]; no leaf is selected; ``input_layer`` names no
+            selected leaf.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from randjax.init import random_prune
+        >>> params = {"Dense_0": {"kernel": jnp.ones((100, 100))},
+        ...           "Dense_1": {"kernel": jnp.ones((100, 100)), "bias": jnp.ones(100)}}
+        >>> pruned = random_prune(jax.random.key(0), params, 0.3)
+        >>> [round(float((pruned[k]["kernel"] != 0).mean()), 1) for k in params]
+        [0.8, 0.3]
+        >>> bool((pruned["Dense_1"]["bias"] == 1).all())
+        True
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 5.4-5.5;
+        ihsuy/Train-by-Reconnect, weight_utils.random_prune.
+    """
+    density = check_density(density)
+    if (isinstance(input_density, bool) or not isinstance(input_density, numbers.Real)
+            or not 0.0 <= input_density <= 1.0):
+        raise ValueError(f"input_density must be a Python float in [0, 1], got {input_density!r}")
+    chosen = _selected_paths(params, _kernel_filter if filter is None else filter)
+    if input_layer is None:
+        first = {id(chosen[0][1])}
+    else:
+        first = {id(leaf) for path, leaf in chosen if input_layer in _path_names(path)}
+        if not first:
+            raise ValueError(f"input_layer {input_layer!r} names no selected leaf of params")
+    rates = {id(leaf): max(density, float(input_density)) if id(leaf) in first else density
+             for _, leaf in chosen}
+    keys = {id(leaf): jax.random.fold_in(key, i) for i, (_, leaf) in enumerate(chosen)}
+
+    def prune(leaf):
+        if id(leaf) not in rates:
+            return leaf
+        keep = jax.random.uniform(keys[id(leaf)], jnp.shape(leaf)) < rates[id(leaf)]
+        return jnp.where(keep, leaf, jnp.zeros((), jnp.result_type(leaf)))
+
+    return jax.tree.map(prune, params)
+
+
+def shared_value(params, value: float, *, filter=None):
+    """Sets every nonzero weight of the selected leaves to one shared value.
+
+    With `random_prune` first this builds the paper's weight-agnostic
+    networks: every weight is 0 or ``value``, and LaPerm can only decide
+    where the zeros go. The reference's ``agnosticize(model, 0.01, (1, 4))``
+    is ``shared_value(random_prune(key, params, 0.25, input_density=0.0),
+    0.01)``.
+
+    Args:
+        params: a parameter pytree.
+        value: the shared value, a finite Python float.
+        filter: ``filter(path, leaf) -> bool`` selects the leaves (default:
+            kernels, ``leaf.ndim >= 2``).
+
+    Returns:
+        ``params`` with each selected leaf replaced by
+        ``where(leaf != 0, value, 0)`` (same shape and dtype).
+
+    Raises:
+        ValueError: ``value`` is not a finite real number; no leaf is selected.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.init import shared_value
+        >>> shared_value({"kernel": jnp.array([[0.0, -2.0], [0.3, 0.0]])}, 0.5)["kernel"].tolist()
+        [[0.0, 0.5], [0.5, 0.0]]
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 5.5;
+        ihsuy/Train-by-Reconnect, weight_utils.agnosticize.
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise ValueError(f"value must be a finite Python float, got {value!r}")
+    chosen = {id(leaf) for _, leaf in
+              _selected_paths(params, _kernel_filter if filter is None else filter)}
+
+    def fill(leaf):
+        if id(leaf) not in chosen:
+            return leaf
+        dtype = jnp.result_type(leaf)
+        return jnp.where(leaf != 0, jnp.asarray(value, dtype), jnp.zeros((), dtype))
+
+    return jax.tree.map(fill, params)

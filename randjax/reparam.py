@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Callable, NamedTuple
@@ -51,10 +52,15 @@ class Reparam(NamedTuple):
             rebuilds the effective model parameters. ``key`` feeds stochastic
             methods (supermask sampling); ``train`` selects train or eval
             behaviour.
+        spec: the constructor's name and JSON-serialisable arguments
+            (``{"method": "edge_popup", "density": 0.5, ...}``), what
+            `randjax.export` needs to rebuild a network; None where a method
+            has nothing to export.
     """
 
     init: Callable[[jax.Array, PyTree], tuple[PyTree, PyTree]]
     apply: Callable[..., PyTree]
+    spec: dict | None = None
 
 
 def is_kernel(path: tuple, leaf: Any) -> bool:
@@ -114,11 +120,13 @@ def _check_bool(value, name: str) -> bool:
 
 
 def _split_params(key, params, filter, make_trainable, weight_init, train_others,
-                  method, named=()):
+                  method, named=(), store_weights=True):
     """Shared ``init``: per selected leaf, (trainable, weight); others by flag.
 
     ``make_trainable(key, leaf)`` builds the score/logit array of a selected
-    leaf; ``weight_init`` (or None: keep the given weight) re-draws it.
+    leaf; ``weight_init`` (or None: keep the given weight) re-draws it. With
+    ``store_weights=False`` the frozen leaf is the raw data of the weight's
+    key instead (`jax.random.key_data`), from which `_weights` redraws it.
     """
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     if not any(filter(path, leaf) for path, leaf in leaves):
@@ -146,16 +154,51 @@ def _split_params(key, params, filter, make_trainable, weight_init, train_others
                     f"{method}: {argument}={name!r} needs kernels with ndim >= 2 "
                     f"(fan_in), but the filter selects leaf {where} of shape "
                     f"{leaf.shape}; pass an initializer callable or a narrower filter")
-        score_key, weight_key = jax.random.split(jax.random.fold_in(key, index))
+        score_key, weight_key = leaf_keys(key, index)
         index += 1
         try:
             trainable.append(make_trainable(score_key, leaf))
             if weight_init is not None:
-                leaf = weight_init(weight_key, leaf.shape, leaf.dtype)
+                leaf = _draw(weight_init, weight_key, leaf.shape, leaf.dtype)
         except ValueError as error:
             raise ValueError(f"{method}: leaf {where}: {error}") from None
-        frozen.append(leaf)
+        frozen.append(leaf if store_weights else jax.random.key_data(weight_key))
     return treedef.unflatten(trainable), treedef.unflatten(frozen)
+
+
+def leaf_keys(key: jax.Array, index: int) -> tuple[jax.Array, jax.Array]:
+    """``(score_key, weight_key)`` of the ``index``-th selected leaf.
+
+    The weight-freezing methods derive both keys of a leaf from the key given
+    to ``init`` and the leaf's position among the selected leaves (flattening
+    order), so a weight can be redrawn, or exported, from that key alone.
+    """
+    score_key, weight_key = jax.random.split(jax.random.fold_in(key, index))
+    return score_key, weight_key
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _draw(weight_init, key, shape, dtype):
+    # Jitted, so ``init`` (eager) and ``apply`` (inside the caller's jit)
+    # draw with the same compiled arithmetic: the weights are bitwise equal.
+    return weight_init(key, shape, dtype)
+
+
+def _weights(pairs, weight_init, store_weights):
+    """The frozen weights of the selected ``(trainable, frozen)`` pairs."""
+    if store_weights:
+        return [w for _, w in pairs]
+    return [_draw(weight_init, jax.random.wrap_key_data(kd), s.shape, s.dtype)
+            for s, kd in pairs]
+
+
+def _check_lean(store_weights, weight_init, method):
+    store_weights = _check_bool(store_weights, "store_weights")
+    if not store_weights and weight_init is None:
+        raise ValueError(
+            f"{method}: store_weights=False redraws the weights from their key in "
+            "apply, so weight_init must be an initializer name or callable, got None")
+    return store_weights
 
 
 def _pair_leaves(trainable, frozen, method):
@@ -193,7 +236,8 @@ def edge_popup(density: float, *, scope: str = "layer",
                filter: Callable[[tuple, Any], bool] = is_kernel,
                weight_init: str | Callable | None = None,
                score_init: str | Callable = "pytorch_default",
-               rounding: str = "round", train_others: bool = False) -> Reparam:
+               rounding: str = "round", train_others: bool = False,
+               scale_fan: str = "kept", store_weights: bool = True) -> Reparam:
     """Edge-popup: train scores, keep the weights with the top-k |scores|.
 
     Weights are frozen at initialisation. Each selected weight ``w`` gets a
@@ -225,9 +269,18 @@ def edge_popup(density: float, *, scope: str = "layer",
         rounding: ``"round"`` or ``"reference"``, the kept count of
             `randjax.masks.topk_mask`.
         train_others: whether unselected leaves (biases, BatchNorm) train.
+        scale_fan: the fraction a ``scaled_*`` ``weight_init`` multiplies
+            fan-in by: ``"kept"`` (default, the paper: ``density``) or
+            ``"reference"`` (hidden-networks' builder: ``1 - density``, as
+            its ``prune_rate`` is the kept fraction there too). They agree at
+            density 0.5, the reference's default.
+        store_weights: False keeps only each weight's key (two uint32) in
+            ``frozen`` and redraws the weight inside ``apply``: less memory,
+            the same logits. Needs ``weight_init``.
 
     Returns:
-        A `Reparam`.
+        A `Reparam` whose ``spec`` lets `randjax.export` save it when
+        ``weight_init`` is a name.
 
     Raises:
         ValueError: ``density`` not a Python real in (0, 1]; unknown
@@ -257,39 +310,73 @@ def edge_popup(density: float, *, scope: str = "layer",
         raise ValueError(
             f"rounding must be one of {masks._ROUNDINGS}, got {rounding!r}")
     train_others = _check_bool(train_others, "train_others")
+    spec = dict(method="edge_popup", density=density, scope=scope, rounding=rounding,
+                scale_fan=scale_fan, weight_init=weight_init)
     named = tuple((argument, value) for argument, value in
                   (("score_init", score_init), ("weight_init", weight_init))
                   if isinstance(value, str))
-    weight_init = _resolve_init(weight_init, "weight_init", density)
+    weight_init = scaled_init(weight_init, density, scale_fan)
     score_init = _resolve_init(score_init, "score_init")
     if score_init is None:
         raise ValueError("score_init must be an initializer name or callable, got None")
+    store_weights = _check_lean(store_weights, weight_init, "edge_popup")
 
     def init(key, params):
         make = lambda k, leaf: score_init(k, leaf.shape, leaf.dtype)
         return _split_params(key, params, filter, make, weight_init, train_others,
-                             "edge_popup", named)
+                             "edge_popup", named, store_weights)
 
     def apply(trainable, frozen, *, key=None, train=True):
         del key, train
         treedef, t_leaves, f_leaves = _pair_leaves(trainable, frozen, "edge_popup")
         pairs = _selected(t_leaves, f_leaves)
-        if scope == "layer":
-            effective = [w * masks.topk_mask(jnp.abs(s), density, rounding=rounding)
-                         for s, w in pairs]
-        else:
-            dtype = jnp.result_type(*[s.dtype for s, _ in pairs])
-            flat = jnp.concatenate([jnp.abs(s).ravel().astype(dtype)
-                                    for s, _ in pairs])
-            mask = masks.topk_mask(flat, density, rounding=rounding)
-            effective, start = [], 0
-            for s, w in pairs:
-                part = mask[start:start + s.size].reshape(s.shape)
-                effective.append(w * part.astype(w.dtype))
-                start += s.size
+        weights = _weights(pairs, weight_init, store_weights)
+        scores = [s for s, _ in pairs]
+        effective = [w * m.astype(w.dtype) for w, m in
+                     zip(weights, edge_popup_masks(scores, density, scope, rounding))]
         return _rebuild(treedef, t_leaves, f_leaves, effective)
 
-    return Reparam(init, apply)
+    return Reparam(init, apply, spec if isinstance(spec["weight_init"], str) else None)
+
+
+def scaled_init(weight_init, density: float, scale_fan: str):
+    """Resolves edge-popup's ``weight_init`` (see `edge_popup`'s ``scale_fan``)."""
+    if scale_fan not in ("kept", "reference"):
+        raise ValueError(f"scale_fan must be 'kept' or 'reference', got {scale_fan!r}")
+    fraction = density if scale_fan == "kept" else 1.0 - density
+    if (isinstance(weight_init, str) and weight_init.startswith("scaled_")
+            and fraction <= 0):
+        raise ValueError(
+            f"scale_fan='reference' multiplies fan-in by 1 - density = 0 at density "
+            f"{density}; use scale_fan='kept' or an unscaled {weight_init!r}")
+    return _resolve_init(weight_init, "weight_init", fraction)
+
+
+def edge_popup_masks(scores: list[jax.Array], density: float, scope: str = "layer",
+                     rounding: str = "round") -> list[jax.Array]:
+    """Edge-popup's masks (dtype of each score) for a list of score arrays.
+
+    ``scope="layer"``: ``topk_mask(|s|, density)`` per array; ``"global"``:
+    one top-k over all of them, split back. `edge_popup`'s ``apply`` and
+    `randjax.export` both use it.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.reparam import edge_popup_masks
+        >>> [m.tolist() for m in edge_popup_masks(
+        ...     [jnp.array([3., -1.]), jnp.array([0.5, -2.])], 0.5, "global")]
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    if scope == "layer":
+        return [masks.topk_mask(jnp.abs(s), density, rounding=rounding) for s in scores]
+    dtype = jnp.result_type(*[s.dtype for s in scores])
+    flat = jnp.concatenate([jnp.abs(s).ravel().astype(dtype) for s in scores])
+    mask = masks.topk_mask(flat, density, rounding=rounding)
+    out, start = [], 0
+    for s in scores:
+        out.append(mask[start:start + s.size].reshape(s.shape).astype(s.dtype))
+        start += s.size
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +387,8 @@ def supermask(*, logit_init: float = 0.0,
               filter: Callable[[tuple, Any], bool] = is_kernel,
               sample_at_eval: bool = True, dynamic_scaling: bool = False,
               train_others: bool = False,
-              weight_init: str | Callable | None = None) -> Reparam:
+              weight_init: str | Callable | None = None,
+              store_weights: bool = True) -> Reparam:
     """Zhou et al.'s supermask: train mask logits over frozen weights.
 
     Each selected weight ``w`` gets a trainable logit ``l`` (constant
@@ -327,6 +415,8 @@ def supermask(*, logit_init: float = 0.0,
         weight_init: None keeps the given weights; a name from
             `randjax.init.names` (e.g. ``"signed_constant"``) or an
             initializer re-draws them.
+        store_weights: False keeps only each weight's key in ``frozen`` and
+            redraws the weight inside ``apply`` (as `edge_popup`).
 
     Returns:
         A `Reparam`; its ``apply`` needs ``key`` whenever it samples.
@@ -358,12 +448,13 @@ def supermask(*, logit_init: float = 0.0,
     train_others = _check_bool(train_others, "train_others")
     named = (("weight_init", weight_init),) if isinstance(weight_init, str) else ()
     weight_init = _resolve_init(weight_init, "weight_init")
+    store_weights = _check_lean(store_weights, weight_init, "supermask")
     logit_init = float(logit_init)
 
     def init(key, params):
         make = lambda k, leaf: jnp.full(leaf.shape, logit_init, leaf.dtype)
         return _split_params(key, params, filter, make, weight_init, train_others,
-                             "supermask", named)
+                             "supermask", named, store_weights)
 
     def apply(trainable, frozen, *, key=None, train=True):
         sample = train or sample_at_eval
@@ -372,8 +463,10 @@ def supermask(*, logit_init: float = 0.0,
                 "supermask.apply samples masks (train=True or sample_at_eval=True) "
                 "and needs key=jax.random key, got None")
         treedef, t_leaves, f_leaves = _pair_leaves(trainable, frozen, "supermask")
+        pairs = _selected(t_leaves, f_leaves)
         effective = []
-        for i, (logits, w) in enumerate(_selected(t_leaves, f_leaves)):
+        weights = _weights(pairs, weight_init, store_weights)
+        for i, ((logits, _), w) in enumerate(zip(pairs, weights)):
             if sample:
                 mask = masks.bernoulli_mask(jax.random.fold_in(key, i), logits)
             else:

@@ -34,9 +34,11 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 from flax import linen as nn
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from randjax import data as data_lib
+from randjax.reconnect import apply_updates
 from randjax.reparam import Reparam, dense
 
 PyTree = Any
@@ -78,10 +80,27 @@ class FitResult:
 # Model application
 # --------------------------------------------------------------------------- #
 
+def _init_keys(init_key):
+    return jax.random.split(init_key)
+
+
+def _fit_keys(seed: int):
+    """``(init_key, train_key, eval_key)`` of ``fit(seed=seed)``."""
+    return jax.random.split(jax.random.key(seed), 3)
+
+
+def reparam_key(seed: int) -> jax.Array:
+    """The key `fit` (``seed=seed``) gives to ``reparam.init``.
+
+    `randjax.export.save` needs it to record stored frozen weights.
+    """
+    return _init_keys(_fit_keys(seed)[0])[1]
+
+
 def init_state(model: nn.Module, reparam: Reparam, tx: optax.GradientTransformation,
                input_shape: tuple[int, ...], key: jax.Array) -> TrainState:
     """Initialises the model, splits its parameters by ``reparam``, inits ``tx``."""
-    model_key, reparam_key = jax.random.split(key)
+    model_key, reparam_key = _init_keys(key)
     variables = model.init(model_key, jnp.zeros((1, *input_shape), jnp.float32))
     variables = dict(variables)
     params = variables.pop("params")
@@ -130,7 +149,7 @@ def make_train_step(model: nn.Module, reparam: Reparam,
         (loss, (logits, model_state)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-        trainable = optax.apply_updates(state.trainable, updates)
+        trainable = apply_updates(state.trainable, updates, opt_state)
         accuracy = (logits.argmax(-1) == y).mean()
         return TrainState(state.step + 1, trainable, state.frozen, model_state,
                           opt_state), (loss, accuracy)
@@ -352,8 +371,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     replicated = NamedSharding(mesh, P())
     to_device = lambda tree: jax.device_put(tree, replicated)
 
-    key = jax.random.key(seed)
-    init_key, train_key, eval_key = jax.random.split(key, 3)
+    init_key, train_key, eval_key = _fit_keys(seed)
     state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key))
     train_x, train_y = to_device((dataset.train.x, dataset.train.y))
     chunk = -(-eval_batch_size // num_devices) * num_devices

@@ -66,6 +66,53 @@ def test_dense_lenet_fmnist_preset_matches_the_reference_settings():
         presets.get_config("nope")
 
 
+def test_edge_popup_lenet_fmnist_preset_matches_the_reference_settings():
+    config = presets.get_config("edge_popup_lenet_fmnist")
+    expected = dict(method="edge_popup", dataset="fashion_mnist", model="lenet300_100",
+                    use_bias=False, init="signed_constant", score_init="pytorch_default",
+                    density=0.5, scope="layer", optimizer="sgd", learning_rate=0.1,
+                    momentum=0.9, weight_decay=1e-4, schedule="cosine_epoch", epochs=10,
+                    batch_size=128, val_fraction=0.0, normalize="standardize",
+                    crop_padding=0, flip=False, drop_remainder=False, train_limit=None)
+    assert {k: config[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("method", ["edge_popup", "supermask"])
+def test_methods_through_train_and_evaluate(method):
+    from experiments.configs import edge_popup, supermask
+    config = dict(edge_popup=edge_popup, supermask=supermask)[method].get_config()
+    config.update(epochs=1, train_limit=500, store_weights=False, width=0.5)
+    result = train.train_and_evaluate(config, None, progress=False)
+    assert result.summary["steps"] == math.ceil(500 / 128)
+    frozen = result.state.frozen["Dense_0"]["kernel"]
+    assert frozen.shape == (2,) and str(frozen.dtype) == "uint32"  # lean: a key
+    assert result.state.trainable["Dense_0"]["kernel"].shape == (64, 150)
+    reparam = train.make_reparam(config)
+    assert (reparam.spec or {}).get("method", "supermask") == method
+    config.method = "nope"
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        train.make_reparam(config)
+    config.update(method=method, train_limit=0)
+    with pytest.raises(ValueError, match="train_limit must be >= 1"):
+        train.train_and_evaluate(config, None, progress=False)
+
+
+def test_edge_popup_sweeps_write_json_and_png(tmp_path):
+    run_module("experiments.edge_popup_sweeps", "--dataset=digits", "--sweeps=supermask",
+               "--densities=0.1,0.5", "--epochs=2", f"--out_dir={tmp_path}")
+    rows = {r["name"]: r for r in json.loads((tmp_path / "supermask.json").read_text())}
+    assert set(rows) == {"edge_popup/0.1", "edge_popup/0.5", "supermask", "dense"}
+    assert all(len(r["test_accuracy_per_epoch"]) == 2 for r in rows.values())
+    assert rows["edge_popup/0.5"]["test_accuracy"] > 0.5  # chance: 0.1
+    assert 0 < rows["supermask"]["expected_density"] < 1
+    assert (tmp_path / "supermask.png").stat().st_size > 10_000
+    # A second call finds every run done and only redraws.
+    out = run_module("experiments.edge_popup_sweeps", "--dataset=digits",
+                     "--sweeps=supermask", "--densities=0.1,0.5", "--epochs=2",
+                     f"--out_dir={tmp_path}")
+    assert ": test " not in out and "wrote" in out
+
+
 def test_schedules():
     config = dense.get_config()
     config.update(learning_rate=0.1, epochs=4)
@@ -120,8 +167,11 @@ def test_quickstart_table():
 def test_benchmark_reports_json(tmp_path):
     out_file = tmp_path / "bench.json"
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
-                     "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}")
+                     "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}",
+                     "--methods=edge_popup")
     report = json.loads(out_file.read_text())
+    assert list(report["results"]) == ["dense", "edge_popup"]
+    assert report["results"]["edge_popup"]["ratio_to_dense"] > 0
     dense_result = report["results"]["dense"]
     assert dense_result["steps_per_epoch"] == math.ceil(1438 / 64)  # val_fraction=0
     assert dense_result["step_ms"] > 0 and dense_result["epoch_seconds"] > 0

@@ -332,3 +332,64 @@ def test_supermask_trains_on_digits(digits):
     # Reaches ~0.95 (chance 0.1), evaluated with sampled masks.
     assert result.summary["test_accuracy"] > 0.75
 
+
+
+# --------------------------------------------------------------------------- #
+# Memory-lean mode and scale_fan
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("method, weight_init", [
+    ("edge_popup", "signed_constant"), ("edge_popup", "scaled_kaiming_normal"),
+    ("supermask", "kaiming_normal")])
+def test_store_weights_false_gives_identical_logits(method, weight_init):
+    model = randjax.models.get("conv2", width=0.125)
+    x = jax.random.normal(jax.random.key(1), (4, 12, 12, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+    make = dict(edge_popup=lambda **kw: randjax.edge_popup(0.3, **kw),
+                supermask=lambda **kw: randjax.supermask(**kw))[method]
+    logits, frozen_bytes = [], []
+    for store in (True, False):
+        rp = make(weight_init=weight_init, store_weights=store)
+        trainable, frozen = rp.init(jax.random.key(2), params)
+        forward = jax.jit(lambda t, f, rp=rp: model.apply(
+            {"params": rp.apply(t, f, key=jax.random.key(3))}, x))
+        logits.append(np.asarray(forward(trainable, frozen)))
+        frozen_bytes.append(sum(leaf.nbytes for leaf in jax.tree.leaves(frozen)))
+    np.testing.assert_array_equal(logits[0], logits[1])
+    assert np.abs(logits[0]).max() > 0
+    # Lean: two uint32 per kernel (conv2 has 5 and no biases).
+    assert len(jax.tree.leaves(params)) == 5
+    assert frozen_bytes[1] == 5 * 8 < frozen_bytes[0] / 100
+
+
+def test_store_weights_false_trains_like_stored(digits):
+    runs = [randjax.fit(lenet(), digits, optax.sgd(0.1, momentum=0.9),
+                        reparam=randjax.edge_popup(0.5, weight_init="signed_constant",
+                                                   store_weights=store),
+                        epochs=2, batch_size=64, progress=False) for store in (True, False)]
+    np.testing.assert_array_equal(runs[0].step_losses, runs[1].step_losses)
+    lean_frozen = runs[1].state.frozen["Dense_0"]["kernel"]
+    assert lean_frozen.dtype == jnp.uint32 and lean_frozen.shape == (2,)
+
+
+def test_store_weights_false_needs_weight_init():
+    for make in (randjax.edge_popup, lambda **kw: randjax.supermask(**kw)):
+        kwargs = dict(density=0.5) if make is randjax.edge_popup else {}
+        with pytest.raises(ValueError, match="store_weights=False redraws the weights"):
+            make(store_weights=False, **kwargs)
+    with pytest.raises(ValueError, match="store_weights must be a Python bool"):
+        randjax.edge_popup(0.5, weight_init="signed_constant", store_weights=0)
+
+
+def test_scale_fan_kept_and_reference():
+    params = {"w": jnp.zeros((100, 4))}
+    magnitude = lambda scale_fan: float(np.abs(randjax.edge_popup(
+        0.25, weight_init="scaled_signed_constant", scale_fan=scale_fan).init(
+            jax.random.key(0), params)[1]["w"]).max())
+    # kept: fan_in * 0.25; reference (hidden-networks' builder): fan_in * (1 - 0.25).
+    assert magnitude("kept") == pytest.approx(math.sqrt(2 / 25))
+    assert magnitude("reference") == pytest.approx(math.sqrt(2 / 75))
+    with pytest.raises(ValueError, match="1 - density = 0"):
+        randjax.edge_popup(1.0, weight_init="scaled_signed_constant", scale_fan="reference")
+    with pytest.raises(ValueError, match="scale_fan must be 'kept' or 'reference'"):
+        randjax.edge_popup(0.5, scale_fan="pruned")

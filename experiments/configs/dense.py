@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "digits"
     config.data_dir = config_dict.placeholder(str)
     config.val_fraction = 0.1
+    config.train_limit = config_dict.placeholder(int)  # first N training images
     config.normalize = "standardize"
     config.crop_padding = 0
     config.flip = False

@@ -1,0 +1,28 @@
+"""Zhou et al.'s supermask (NeurIPS 2019): learn Bernoulli mask logits.
+
+    python -m experiments.train --config=experiments/configs/supermask.py \
+        --config.dataset=fashion_mnist --workdir=runs/sm
+
+Masks are sampled at every forward pass, evaluation included
+(``sample_at_eval``). The logits' gradients are tiny (sigmoid slope times a
+frozen weight), so plain SGD needs a very large rate (the reference used
+100-200); Adam at 0.1 trains reliably and is the default here.
+"""
+
+import ml_collections
+
+from experiments.configs import dense
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = dense.get_config()
+    config.method = "supermask"
+    config.init = "signed_constant"
+    config.use_bias = False
+    config.logit_init = 0.0
+    config.sample_at_eval = True
+    config.dynamic_scaling = False
+    config.store_weights = True
+    config.optimizer = "adam"
+    config.learning_rate = 0.1
+    return config

@@ -1,0 +1,321 @@
+"""Permutations of weight vectors: ranks, sorted copies, LaPerm's sync, analysis.
+
+LaPerm (Qiu & Suda, 2020) trains a network by *reconnecting* its initial
+weights: every few steps each weight vector is replaced by its own initial
+values, rearranged in the order of the current weights. A **weight vector**
+is all incoming weights of one output unit: one column of a Dense kernel
+``(in, out)``, all ``(h, w, in)`` entries of one output filter of a conv
+kernel ``(h, w, in, out)``. Every function here views a leaf as the matrix
+``leaf.reshape(-1, out)`` and works per column (a 1-D leaf is one vector), so
+arrays keep their shape (and sharding) and no Python loop runs over vectors.
+
+Ranks break ties by position (a stable sort), so `sync` is a deterministic
+function of its inputs even when weights repeat, as they do after random
+pruning (zeros) or with a single shared value.
+
+References:
+    Qiu & Suda, "Train by Reconnect: Decoupling Locations of Weights from
+    their Values", NeurIPS 2020. https://arxiv.org/abs/2003.02570
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Filter = Callable[[tuple, Any], bool]
+
+_is_none = lambda x: x is None
+
+
+def _columns(x: jax.Array) -> jax.Array:
+    """The weight vectors of ``x`` as the columns of a matrix."""
+    if x.ndim <= 1:
+        return x.reshape(-1, 1)
+    return x.reshape(-1, x.shape[-1])
+
+
+def _sort_key(x: jax.Array) -> jax.Array:
+    """An integer array that sorts like ``x`` (floats: IEEE order, -0.0 == 0.0).
+
+    XLA's CPU sort compares floats through a NaN-aware comparator that is
+    about 25% slower than comparing int32, so floats are sorted through their
+    bit pattern, flipped so that negative values order correctly.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)   # -0.0 ties with +0.0
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"int{8 * x.dtype.itemsize}"))
+    return jnp.where(bits < 0, bits ^ jnp.iinfo(bits.dtype).max, bits)
+
+
+def _argsort(x: jax.Array, axis: int) -> jax.Array:
+    """Stable argsort along ``axis``."""
+    axis = axis % x.ndim
+    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    return jax.lax.sort((_sort_key(x), index), dimension=axis, is_stable=True,
+                        num_keys=1)[1]
+
+
+def _check_array(x, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if x.size == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {x.shape}")
+    return x
+
+
+def ranks(x: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
+    """Rank of each element of ``x`` along ``axis``; ties broken by position.
+
+    The smallest element has rank 0; of two equal elements the one with the
+    lower index ranks lower (a stable sort), so the ranks along ``axis`` are
+    always a permutation of ``0 .. n-1``.
+
+    Args:
+        x: an array.
+        axis: the axis to rank along.
+
+    Returns:
+        An int32 array of ``x``'s shape: ``argsort(argsort(x, axis), axis)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import ranks
+        >>> ranks(jnp.array([0.3, -1.0, 0.3, 2.0])).tolist()
+        [1, 0, 2, 3]
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 3.
+    """
+    x = jnp.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("ranks needs an array with ndim >= 1, got a scalar")
+    order = _argsort(x, axis)
+    # The inverse permutation by a scatter: O(n) instead of a second sort.
+    positions = jax.lax.broadcasted_iota(order.dtype, order.shape, axis % x.ndim)
+    return jnp.put_along_axis(jnp.empty_like(order), order, positions, axis,
+                              inplace=False, mode="promise_in_bounds")
+
+
+def _sort_leaf(x: jax.Array) -> jax.Array:
+    return jnp.sort(_columns(x), axis=0).reshape(x.shape)
+
+
+def _selected(path, leaf, filter: Filter) -> bool:
+    return hasattr(leaf, "ndim") and hasattr(leaf, "dtype") and bool(filter(path, leaf))
+
+
+def _default_filter(path, leaf) -> bool:
+    del path
+    return getattr(leaf, "ndim", 0) >= 2
+
+
+def sort_vectors(params: PyTree, *, filter: Filter | None = None) -> PyTree:
+    """Sorted copy of every weight vector of the leaves chosen by ``filter``.
+
+    Args:
+        params: a parameter pytree.
+        filter: ``filter(path, leaf) -> bool`` chooses the leaves to sort
+            (default: kernels, i.e. ``leaf.ndim >= 2``). A chosen 1-D leaf
+            is one vector.
+
+    Returns:
+        A pytree of ``params``' structure: chosen leaves with each column of
+        ``leaf.reshape(-1, out)`` sorted ascending (same shape as the leaf),
+        ``None`` at the other leaves.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import sort_vectors
+        >>> params = {"kernel": jnp.array([[3., 0.], [1., 2.]]), "bias": jnp.ones(2)}
+        >>> s = sort_vectors(params)
+        >>> s["kernel"].tolist(), s["bias"]
+        ([[1.0, 0.0], [3.0, 2.0]], None)
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Alg. 1 (theta_sorted).
+    """
+    filter = _default_filter if filter is None else filter
+    if not callable(filter):
+        raise ValueError(f"filter must be a callable filter(path, leaf), got {filter!r}")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: _sort_leaf(jnp.asarray(x)) if _selected(path, x, filter) else None,
+        params)
+
+
+def _sync_leaf(sorted0: jax.Array, w: jax.Array) -> jax.Array:
+    s, v = _columns(sorted0), _columns(w)
+    # target[order[j]] = sorted0[j]: the j-th smallest weight of the vector
+    # takes the j-th smallest initial value, i.e. sorted0[ranks(w)], with one
+    # sort and one scatter instead of two sorts and a gather.
+    order = _argsort(v, 0)
+    target = jnp.put_along_axis(jnp.empty_like(s), order, s, axis=0,
+                                inplace=False, mode="promise_in_bounds")
+    return target.reshape(w.shape)
+
+
+def sync(sorted0: PyTree, params: PyTree) -> PyTree:
+    """LaPerm's synchronisation: sorted initial values in the current ranking.
+
+    Every weight vector ``w`` of a leaf with a sorted copy becomes
+    ``sorted0[ranks(w)]``: a permutation of its own initial values in which
+    the k-th smallest current weight holds the k-th smallest initial value.
+
+    Args:
+        sorted0: the output of `sort_vectors` (``None`` at skipped leaves).
+        params: the current parameters, of ``sorted0``'s structure.
+
+    Returns:
+        ``params`` with every leaf that has a sorted copy replaced (same
+        shape and dtype); other leaves are returned unchanged.
+
+    Raises:
+        ValueError: the trees or a leaf's shape do not match.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import sort_vectors, sync
+        >>> w0 = {"kernel": jnp.array([[1.], [2.], [3.]])}
+        >>> sync(sort_vectors(w0), {"kernel": jnp.array([[0.5], [-4.], [0.1]])}
+        ...      )["kernel"].ravel().tolist()
+        [3.0, 1.0, 2.0]
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 4, Alg. 1.
+    """
+    s_leaves, s_def = jax.tree.flatten(sorted0, is_leaf=_is_none)
+    try:
+        p_leaves = s_def.flatten_up_to(params)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"sync: params must have the structure of sorted0: {error}") from None
+    out = []
+    for s, p in zip(s_leaves, p_leaves):
+        if s is None:
+            out.append(p)
+            continue
+        if jnp.shape(s) != jnp.shape(p):
+            raise ValueError(f"sync: a leaf of shape {jnp.shape(p)} has a sorted copy "
+                             f"of shape {jnp.shape(s)}")
+        out.append(_sync_leaf(jnp.asarray(s), jnp.asarray(p)).astype(jnp.result_type(p)))
+    return s_def.unflatten(out)
+
+
+def ranking_distance(w_prev: jax.typing.ArrayLike,
+                     w_now: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Mean and standard deviation of how far the weights moved in rank.
+
+    With ``R_t`` the rank of every weight within its weight vector, the
+    ranking distance is ``|R_t - R_{t-1}|`` elementwise; its mean and std
+    over the whole matrix measure how much training reorders the weights.
+
+    Args:
+        w_prev: a kernel (or one vector) at an earlier time.
+        w_now: the same kernel later, of the same shape.
+
+    Returns:
+        ``(mean, std)`` of ``|ranks(w_now) - ranks(w_prev)|`` as float32
+        scalars (ranks per weight vector, i.e. per column of
+        ``reshape(-1, out)``).
+
+    Raises:
+        ValueError: the shapes differ or the arrays are empty.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import ranking_distance
+        >>> mean, std = ranking_distance(jnp.array([1., 2., 3., 4.]),
+        ...                              jnp.array([4., 2., 3., 1.]))
+        >>> float(mean), float(std)
+        (1.5, 1.5)
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 3 (Fig. 2).
+    """
+    w_prev, w_now = _check_array(w_prev, "w_prev"), _check_array(w_now, "w_now")
+    if w_prev.shape != w_now.shape:
+        raise ValueError(f"ranking_distance: shapes differ, {w_prev.shape} vs {w_now.shape}")
+    moved = jnp.abs(ranks(_columns(w_now), 0) - ranks(_columns(w_prev), 0))
+    moved = moved.astype(jnp.float32)
+    return moved.mean(), moved.std()
+
+
+def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike) -> jax.Array:
+    """Indices ``p`` with ``w = w0[p]`` per weight vector.
+
+    For ``w`` a per-vector permutation of ``w0`` (e.g. after LaPerm), column
+    ``c`` of ``reshape(-1, out)`` satisfies ``w[:, c] == w0[p[:, c], c]``;
+    equal values are matched in order of position.
+
+    Args:
+        w0: the initial kernel (or one vector).
+        w: a kernel of the same shape whose vectors permute ``w0``'s.
+
+    Returns:
+        int32 indices of shape ``(n, out)`` (``(n, 1)`` for a vector).
+
+    Raises:
+        ValueError: the shapes differ.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import find_permutation
+        >>> find_permutation(jnp.array([5., 6., 7.]), jnp.array([7., 5., 6.])).ravel().tolist()
+        [2, 0, 1]
+    """
+    w0, w = _check_array(w0, "w0"), _check_array(w, "w")
+    if w0.shape != w.shape:
+        raise ValueError(f"find_permutation: shapes differ, {w0.shape} vs {w.shape}")
+    order0 = _argsort(_columns(w0), 0)
+    return jnp.take_along_axis(order0, ranks(_columns(w), 0), axis=0)
+
+
+def cycles(perm: np.typing.ArrayLike) -> list[tuple[int, ...]]:
+    """Cycle decomposition of a permutation (host side, NumPy).
+
+    ``perm`` maps ``i -> perm[i]``. Every cycle ``(i, perm[i], perm[perm[i]],
+    ...)`` starts at its smallest element and the cycles are listed by their
+    first element; fixed points are cycles of length 1. Runs on the host in
+    O(n) Python steps: meant for analysing one weight vector, not for jit.
+
+    Args:
+        perm: a 1-D permutation of ``0 .. n-1`` (e.g. one column of
+            `find_permutation`).
+
+    Returns:
+        The list of cycles, as tuples of Python ints.
+
+    Raises:
+        ValueError: ``perm`` is not a 1-D permutation of ``0 .. n-1``.
+
+    Example:
+        >>> from randjax.permute import cycles
+        >>> cycles([2, 0, 1, 3, 5, 4])
+        [(0, 2, 1), (3,), (4, 5)]
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Appendix A.4.
+    """
+    perm = np.asarray(perm)
+    if perm.ndim == 1 and perm.size == 0:
+        return []
+    if (perm.ndim != 1 or not np.issubdtype(perm.dtype, np.integer)
+            or not np.array_equal(np.sort(perm), np.arange(perm.size))):
+        raise ValueError(f"cycles needs a 1-D integer permutation of 0..n-1, got {perm!r}")
+    perm = perm.tolist()
+    seen = [False] * len(perm)
+    result = []
+    for start in range(len(perm)):
+        if seen[start]:
+            continue
+        cycle, i = [], start
+        while not seen[i]:
+            seen[i] = True
+            cycle.append(i)
+            i = perm[i]
+        result.append(tuple(cycle))
+    return result

@@ -1,0 +1,401 @@
+"""LaPerm as an optax transformation: sync schedule, exact permutation invariant,
+composition, jit, 8 devices, inner state, fit, and argument checks."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import randjax
+from randjax import data, init, models
+from randjax.permute import ranks
+from randjax.reconnect import LaPermState, apply_updates, laperm, laperm_states
+
+
+@functools.cache
+def _digits():
+    return data.load("digits", val_fraction=0.0)
+
+
+@functools.cache
+def _lenet_params(seed: int = 0):
+    model = models.get("lenet300_100")
+    return model, model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 1)))["params"]
+
+
+def _optax_apply(params, updates, opt_state):
+    del opt_state
+    return optax.apply_updates(params, updates)
+
+
+def _train(tx, steps, *, params=None, apply=apply_updates, batch=64, jit=True, snapshot=None):
+    """A small loop of our own on digits; returns (params, opt_state, losses).
+
+    With ``snapshot=n`` it also returns the (params, opt_state) after step n.
+    """
+    model, init_params = _lenet_params()
+    params = init_params if params is None else params
+    x, y = _digits().train.x, _digits().train.y
+
+    def step(params, opt_state, xb, yb):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return apply(params, updates, opt_state), opt_state, loss
+
+    step = jax.jit(step) if jit else step
+    opt_state, losses = tx.init(params), []
+    for i in range(steps):
+        lo = (i * batch) % (len(y) - batch)
+        params, opt_state, loss = step(params, opt_state, x[lo:lo + batch], y[lo:lo + batch])
+        losses.append(float(loss))
+        if i + 1 == snapshot:
+            snap = params, opt_state
+    if snapshot is not None:
+        return params, opt_state, losses, snap
+    return params, opt_state, losses
+
+
+def _vectors(x):
+    x = np.asarray(x)
+    return np.moveaxis(x, -1, 0).reshape(x.shape[-1], -1)
+
+
+def _is_permutation_of(w, w0) -> bool:
+    """Every weight vector of ``w`` holds exactly (bitwise) the values of ``w0``'s."""
+    a = np.sort(_vectors(w), axis=1).view(np.int32)
+    b = np.sort(_vectors(w0), axis=1).view(np.int32)
+    return np.array_equal(a, b)
+
+
+def _kernels(params):
+    return {k: v["kernel"] for k, v in params.items()}
+
+
+# --------------------------------------------------------------------------- #
+# The invariant, on digits with LeNet-300-100.
+
+def test_exact_invariant_after_training_on_digits():
+    _, p0 = _lenet_params()
+    after, state_after, losses, (params, state) = _train(
+        laperm(optax.adam(1e-3), 7), 29, snapshot=28)
+    assert bool(state.synced) and int(state.count) == 28
+    for name, w in _kernels(params).items():
+        assert _is_permutation_of(w, p0[name]["kernel"]), name
+        assert not np.array_equal(w, p0[name]["kernel"]), f"{name} never reconnected"
+    # Biases are skipped by default: trained by Adam, not permuted.
+    assert not _is_permutation_of(params["Dense_0"]["bias"], p0["Dense_0"]["bias"])
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    # One more (non-sync) step leaves the permutation: the check discriminates.
+    assert not bool(state_after.synced)
+    assert not _is_permutation_of(after["Dense_1"]["kernel"], p0["Dense_1"]["kernel"])
+
+
+def test_sync_takes_the_ranking_of_the_inner_step():
+    _, p0 = _lenet_params()
+    inner = optax.sgd(0.5)
+    tx = laperm(inner, 1)
+    grads = jax.tree.map(lambda w: jax.random.normal(jax.random.key(3), w.shape), p0)
+    updates, state = jax.jit(tx.update)(grads, tx.init(p0), p0)
+    moved = optax.apply_updates(p0, inner.update(grads, inner.init(p0), p0)[0])
+    new = apply_updates(p0, updates, state)
+    for name in p0:
+        w, w0, m = (np.asarray(t[name]["kernel"]) for t in (new, p0, moved))
+        np.testing.assert_array_equal(w, np.take_along_axis(np.sort(w0, 0), ranks(m, 0), 0))
+        np.testing.assert_array_equal(new[name]["bias"], moved[name]["bias"])
+
+
+def test_randjax_apply_updates_is_exact_where_optax_rounds():
+    tiny = 2.0 ** -30
+    params = {"kernel": jnp.array([[3.0, 1.0], [tiny, 2.0]])}
+    tx = laperm(optax.sgd(1.0), 1)
+    grads = {"kernel": jnp.array([[4.0, 0.0], [0.0, 0.0]])}   # swaps column 0
+    updates, state = tx.update(grads, tx.init(params), params)
+    rounded = optax.apply_updates(params, updates)["kernel"]
+    assert float(rounded[0, 0]) == 0.0                        # 3 + (tiny - 3) in float32
+    exact = apply_updates(params, updates, state)["kernel"]
+    np.testing.assert_array_equal(exact, [[tiny, 1.0], [3.0, 2.0]])
+    np.testing.assert_allclose(rounded, exact, atol=1e-6)
+
+
+def test_plain_optax_apply_updates_keeps_invariant_up_to_rounding():
+    _, p0 = _lenet_params()
+    params, _, _ = _train(laperm(optax.adam(1e-3), 5), 10, apply=_optax_apply)
+    for name, w in _kernels(params).items():
+        np.testing.assert_allclose(np.sort(_vectors(w), 1),
+                                   np.sort(_vectors(p0[name]["kernel"]), 1), atol=1e-6)
+
+
+def test_pruned_single_value_init_permutes_zeros_with_ties():
+    _, p0 = _lenet_params()
+    p0 = init.shared_value(init.random_prune(jax.random.key(1), p0, 0.3), 0.05)
+    params, state, _ = _train(laperm(optax.adam(1e-2), 4, include_1d=True), 12, params=p0)
+    assert bool(state.synced)
+    for name in p0:
+        for leaf in ("kernel", "bias"):
+            assert _is_permutation_of(params[name][leaf], p0[name][leaf]), (name, leaf)
+    moved = np.asarray(params["Dense_1"]["kernel"]) != np.asarray(p0["Dense_1"]["kernel"])
+    assert moved.any(), "no zero was reconnected"
+
+
+# --------------------------------------------------------------------------- #
+# Sync periods and schedules.
+
+def _sync_steps(tx, steps, params=None):
+    params = {"kernel": jnp.arange(6.0).reshape(3, 2)} if params is None else params
+    state, out = tx.init(params), []
+    update = jax.jit(tx.update)
+    for n in range(1, steps + 1):
+        grads = jax.tree.map(jnp.ones_like, params)
+        _, state = update(grads, state, params)
+        if bool(state.synced):
+            out.append(n)
+    return out
+
+
+def test_sync_period_int_one_and_large():
+    assert _sync_steps(laperm(optax.sgd(0.1), 3), 10) == [3, 6, 9]
+    assert _sync_steps(laperm(optax.sgd(0.1), 1), 4) == [1, 2, 3, 4]
+    assert _sync_steps(laperm(optax.sgd(0.1), 10**6), 5) == []
+
+
+def test_large_period_is_the_inner_optimizer():
+    # Between syncs the updates are the inner optimizer's, bitwise (eager:
+    # the same operations run) ...
+    _, p0 = _lenet_params()
+    inner, tx = optax.adam(1e-3), laperm(optax.adam(1e-3), 10**6)
+    grads = jax.tree.map(lambda w: jnp.cos(w * 100.0), p0)
+    inner_updates, _ = inner.update(grads, inner.init(p0), p0)
+    updates, state = tx.update(grads, tx.init(p0), p0)
+    chex.assert_trees_all_equal(updates, inner_updates)
+    assert not bool(state.synced)
+    # ... and so are the following ones.
+    updates, state = tx.update(grads, state, p0)
+    chex.assert_trees_all_equal(updates, inner.update(
+        grads, inner.update(grads, inner.init(p0), p0)[1], p0)[0])
+
+
+def test_sync_period_schedule():
+    # Called with the number of updates before this one (optax's convention).
+    schedule = lambda count: jnp.where(count < 6, 2, 5)
+    assert _sync_steps(laperm(optax.sgd(0.1), schedule), 16) == [2, 4, 6, 10, 15]
+    float_schedule = optax.piecewise_constant_schedule(2.0, {6: 2.5})   # 2.0, then 5.0
+    assert _sync_steps(laperm(optax.sgd(0.1), float_schedule), 16) == [2, 4, 6, 10, 15]
+    # A period below 1 cannot raise under jit: it syncs every step.
+    assert _sync_steps(laperm(optax.sgd(0.1), lambda c: 0), 3) == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- #
+# Composition, jit, inner state.
+
+def test_composes_in_chain_and_nested_states():
+    _, p0 = _lenet_params()
+    tx = optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.chain(laperm(optax.adam(1e-3), 4)))
+    params, state, _ = _train(tx, 8)
+    assert len(laperm_states(state)) == 1
+    for name, w in _kernels(params).items():
+        assert _is_permutation_of(w, p0[name]["kernel"]), name
+    # With hyperparameters injected into the inner optimizer.
+    inner = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    params, state, _ = _train(laperm(inner, 4), 8)
+    assert float(laperm_states(state)[0].inner_state.hyperparams["learning_rate"]) == np.float32(1e-3)
+    assert _is_permutation_of(params["Dense_2"]["kernel"], p0["Dense_2"]["kernel"])
+
+
+def test_apply_updates_without_laperm_is_optax():
+    _, p0 = _lenet_params()
+    tx = optax.adam(1e-2)
+    grads = jax.tree.map(jnp.ones_like, p0)
+    updates, state = tx.update(grads, tx.init(p0), p0)
+    chex.assert_trees_all_equal(apply_updates(p0, updates, state),
+                                optax.apply_updates(p0, updates))
+    assert laperm_states(state) == []
+
+
+def test_jit_and_eager_agree():
+    eager, s1, _ = _train(laperm(optax.adam(1e-3), 2), 4, jit=False)
+    jitted, s2, _ = _train(laperm(optax.adam(1e-3), 2), 4, jit=True)
+    chex.assert_trees_all_close(eager, jitted, atol=1e-6)
+    assert bool(s1.synced) and bool(s2.synced)
+    for name in eager:
+        assert _is_permutation_of(eager[name]["kernel"], jitted[name]["kernel"])
+
+
+def test_inner_state_is_kept_across_syncs():
+    _, p0 = _lenet_params()
+    inner = optax.adam(1e-3)
+    grads = jax.tree.map(lambda w: jnp.full(w.shape, 0.1), p0)
+    kept = laperm(inner, 1)
+    reset = laperm(inner, 2, reset_inner_state=True)
+    s_kept, s_reset = kept.init(p0), reset.init(p0)
+    _, s_kept = kept.update(grads, s_kept, p0)
+    _, s_reset = reset.update(grads, s_reset, p0)   # step 1: no sync, no reset
+    expect = inner.update(grads, inner.init(p0), p0)[1]
+    chex.assert_trees_all_equal(s_kept.inner_state, expect)
+    chex.assert_trees_all_equal(s_reset.inner_state, expect)
+    _, s_kept = kept.update(grads, s_kept, p0)
+    _, s_reset = reset.update(grads, s_reset, p0)   # step 2: sync and reset
+    assert int(s_kept.inner_state[0].count) == 2
+    assert float(jnp.abs(s_kept.inner_state[0].mu["Dense_0"]["kernel"]).max()) > 0
+    chex.assert_trees_all_equal(s_reset.inner_state, inner.init(p0))
+
+
+def test_state_layout():
+    _, p0 = _lenet_params()
+    state = laperm(optax.sgd(0.1), 5).init(p0)
+    assert isinstance(state, LaPermState)
+    assert state.sorted0["Dense_0"]["bias"] is None and state.target["Dense_0"]["bias"] is None
+    np.testing.assert_array_equal(state.sorted0["Dense_0"]["kernel"],
+                                  np.sort(p0["Dense_0"]["kernel"], axis=0))
+    assert state.count.dtype == jnp.int32 and not bool(state.synced)
+
+
+# --------------------------------------------------------------------------- #
+# Argument checks.
+
+@pytest.mark.parametrize("period", [0, -3, 1.5, True, "20", None, np.float32(20)])
+def test_bad_sync_period_raises(period):
+    with pytest.raises(ValueError, match="sync_period"):
+        laperm(optax.adam(1e-3), period)
+
+
+def test_bad_arguments_raise():
+    assert laperm(optax.sgd(0.1), np.int64(5))    # NumPy ints are ints
+    with pytest.raises(ValueError, match="inner"):
+        laperm("adam", 20)
+    with pytest.raises(ValueError, match="filter"):
+        laperm(optax.sgd(0.1), 20, filter="kernel")
+    for flag in ("include_1d", "reset_inner_state"):
+        with pytest.raises(ValueError, match=flag):
+            laperm(optax.sgd(0.1), 20, **{flag: 1})
+    tx = laperm(optax.sgd(0.1), 2)
+    with pytest.raises(ValueError, match="selects no leaf"):
+        tx.init({"bias": jnp.ones(3)})
+    params = {"kernel": jnp.ones((3, 2))}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, state)
+    with pytest.raises(ValueError, match="structure"):
+        tx.update({"w": jnp.ones((3, 2))}, state, {"w": jnp.ones((3, 2))})
+    with pytest.raises(ValueError, match="shape"):
+        tx.update({"kernel": jnp.ones((4, 2))}, state, {"kernel": jnp.ones((4, 2))})
+    with pytest.raises(ValueError, match="floating"):
+        laperm(optax.sgd(0.1), 2).init({"kernel": jnp.ones((3, 2), jnp.int32)})
+
+
+def test_init_random_prune_and_shared_value():
+    _, p0 = _lenet_params()
+    pruned = init.random_prune(jax.random.key(0), p0, 0.1)
+    kept = {k: float((pruned[k]["kernel"] != 0).mean()) for k in p0}
+    assert abs(kept["Dense_0"] - 0.8) < 0.02 and abs(kept["Dense_1"] - 0.1) < 0.02
+    assert np.array_equal(pruned["Dense_0"]["bias"], p0["Dense_0"]["bias"])
+    assert not np.signbit(np.asarray(pruned["Dense_1"]["kernel"])[
+        np.asarray(pruned["Dense_1"]["kernel"]) == 0]).any()       # +0.0, not -0.0
+    same = np.asarray(pruned["Dense_1"]["kernel"]) != 0
+    np.testing.assert_array_equal(np.asarray(pruned["Dense_1"]["kernel"])[same],
+                                  np.asarray(p0["Dense_1"]["kernel"])[same])
+    dense_first = init.random_prune(jax.random.key(0), p0, 0.9)    # max(0.9, 0.8)
+    assert abs(float((dense_first["Dense_0"]["kernel"] != 0).mean()) - 0.9) < 0.02
+    flat = init.random_prune(jax.random.key(0), p0, 0.1, input_density=0.0)
+    assert abs(float((flat["Dense_0"]["kernel"] != 0).mean()) - 0.1) < 0.02
+    named = init.random_prune(jax.random.key(0), p0, 0.1, input_layer="Dense_2")
+    assert abs(float((named["Dense_0"]["kernel"] != 0).mean()) - 0.1) < 0.02
+    assert float((named["Dense_2"]["kernel"] != 0).mean()) > 0.7
+    single = init.shared_value(pruned, 0.01)
+    assert set(np.unique(np.asarray(single["Dense_1"]["kernel"])).tolist()) == {0.0, np.float32(0.01)}
+    np.testing.assert_array_equal(single["Dense_1"]["kernel"] != 0, pruned["Dense_1"]["kernel"] != 0)
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match="density"):
+            init.random_prune(jax.random.key(0), p0, bad)
+    with pytest.raises(ValueError, match="input_density"):
+        init.random_prune(jax.random.key(0), p0, 0.5, input_density=2.0)
+    with pytest.raises(ValueError, match="input_layer"):
+        init.random_prune(jax.random.key(0), p0, 0.5, input_layer="Conv_0")
+    with pytest.raises(ValueError, match="value"):
+        init.shared_value(p0, float("nan"))
+
+
+# --------------------------------------------------------------------------- #
+# randjax.fit and 8 devices.
+
+def test_fit_keeps_the_invariant_bitwise():
+    ds = data.load("digits")                      # 1294 training images
+    result = randjax.fit(models.get("lenet300_100"), ds, laperm(optax.adam(1e-3), 20),
+                         epochs=1, batch_size=64, drop_remainder=True, progress=False)
+    assert result.summary["steps"] == 20          # 1294 // 64: the last step syncs
+    fit_init = randjax.train.init_state(models.get("lenet300_100"), randjax.dense(),
+                                        optax.sgd(0.1), ds.input_shape,
+                                        jax.random.split(jax.random.key(0), 3)[0])
+    for name, w in _kernels(result.state.trainable).items():
+        w0 = fit_init.trainable[name]["kernel"]
+        assert _is_permutation_of(w, w0), name
+        assert not np.array_equal(w, w0)
+
+
+MULTIDEVICE = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from randjax import data, models
+    from randjax.reconnect import apply_updates, laperm
+    assert jax.device_count() == 8, jax.devices()
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    ds = data.load("digits", val_fraction=0.0)
+    model = models.get("lenet300_100")
+    p0 = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    tx = laperm(optax.adam(1e-3), 3)
+
+    def step(params, state, x, y):
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": p}, x), y).mean()
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        return apply_updates(params, updates, state), state
+
+    def run(param_spec, devices):
+        sub = jax.sharding.Mesh(np.asarray(devices), ("data",))
+        put = lambda t, spec: jax.device_put(t, NamedSharding(sub, spec))
+        params = jax.tree.map(lambda w: put(w, param_spec(w)), p0)
+        state = tx.init(params)
+        jstep = jax.jit(step)
+        for i in range(6):
+            x = put(ds.train.x[64 * i:64 * (i + 1)], P("data"))
+            y = put(ds.train.y[64 * i:64 * (i + 1)], P("data"))
+            params, state = jstep(params, state, x, y)
+        return params, state
+
+    rep, state = run(lambda w: P(), jax.devices())        # data parallel, replicated
+    # Kernels sharded over their output units (columns): sorts stay per column.
+    # (300 and 100 output units divide over 4 devices, not 8.)
+    cols, _ = run(lambda w: P(None, "data") if w.ndim == 2 and w.shape[1] % 4 == 0
+                  else P(), jax.devices()[:4])
+    assert bool(state.synced)
+    assert len(rep["Dense_0"]["kernel"].sharding.device_set) == 8
+    assert cols["Dense_1"]["kernel"].sharding.spec == P(None, "data")
+    vec = lambda w: np.sort(np.asarray(w), axis=0).view(np.int32)
+    for name in p0:
+        for params in (rep, cols):
+            assert np.array_equal(vec(params[name]["kernel"]), vec(p0[name]["kernel"])), name
+        np.testing.assert_allclose(rep[name]["kernel"], cols[name]["kernel"], atol=1e-5)
+        assert not np.array_equal(rep[name]["kernel"], p0[name]["kernel"])
+    print("OK")
+""")
+
+
+def test_eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", MULTIDEVICE], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]

@@ -1,0 +1,171 @@
+"""Weight-vector permutations: ranks, sorted copies, sync, ranking distance, cycles."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from randjax.permute import (
+    cycles,
+    find_permutation,
+    ranking_distance,
+    ranks,
+    sort_vectors,
+    sync,
+)
+
+# Few distinct values, so that ties are common.
+_VALUES = st.integers(-3, 3).map(float)
+_SHAPES = st.one_of(
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=7),   # dense (in, out)
+    hnp.array_shapes(min_dims=4, max_dims=4, min_side=1, max_side=3),   # conv (h, w, in, out)
+)
+
+
+def _np_ranks(v: np.ndarray) -> np.ndarray:
+    """Stable ranks of a 1-D array, the slow obvious way."""
+    order = sorted(range(len(v)), key=lambda i: (v[i], i))
+    out = np.empty(len(v), np.int64)
+    out[order] = np.arange(len(v))
+    return out
+
+
+def _vectors(x) -> np.ndarray:
+    """Weight vectors as rows: one per output unit (the last axis)."""
+    x = np.asarray(x)
+    return np.moveaxis(x, -1, 0).reshape(x.shape[-1], -1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_ranks_match_stable_reference(data):
+    x = data.draw(hnp.arrays(np.float32, hnp.array_shapes(max_dims=3, max_side=6),
+                             elements=_VALUES))
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    got = np.asarray(ranks(x, axis))
+    want = np.apply_along_axis(_np_ranks, axis, x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_ranks_tie_signed_zeros_by_position():
+    # -0.0 == 0.0: a bit-pattern order would put -0.0 first.
+    assert ranks(jnp.array([0.0, -0.0, -1.0, 0.0])).tolist() == [1, 2, 0, 3]
+    assert ranks(jnp.array([[2.0, 1.0], [1.0, 1.0]]), axis=0).tolist() == [[1, 0], [0, 1]]
+
+
+def test_ranks_rejects_scalar():
+    with pytest.raises(ValueError, match="ndim >= 1"):
+        ranks(jnp.float32(1.0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_sync_is_sorted0_in_the_ranking_of_params(data):
+    shape = data.draw(_SHAPES)
+    w0 = data.draw(hnp.arrays(np.float32, shape, elements=_VALUES))
+    w = data.draw(hnp.arrays(np.float32, shape, elements=_VALUES))
+    sorted0 = sort_vectors({"k": w0})
+    got = np.asarray(sync(sorted0, {"k": w})["k"])
+    assert got.shape == shape and got.dtype == np.float32
+    for g, v0, v in zip(_vectors(got), _vectors(w0), _vectors(w)):
+        # A permutation of the vector's own initial values, bitwise ...
+        np.testing.assert_array_equal(np.sort(g).view(np.int32), np.sort(v0).view(np.int32))
+        # ... placed so that the k-th smallest weight gets the k-th smallest value.
+        np.testing.assert_array_equal(g, np.sort(v0)[_np_ranks(v)])
+
+
+def test_sort_vectors_layouts_and_skipped_leaves():
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 2, 5))
+    params = {"conv": {"kernel": kernel, "bias": jnp.arange(5.0)},
+              "dense": {"kernel": jnp.array([[3.0, 0.0], [1.0, 2.0], [2.0, -1.0]])}}
+    s = sort_vectors(params)
+    assert s["conv"]["bias"] is None
+    chex.assert_trees_all_equal_shapes(s["conv"]["kernel"], kernel)
+    # One output filter = all (h, w, in) entries of kernel[..., j].
+    for j in range(5):
+        np.testing.assert_array_equal(np.asarray(s["conv"]["kernel"])[..., j].ravel(),
+                                      np.sort(np.asarray(kernel)[..., j].ravel()))
+    np.testing.assert_array_equal(s["dense"]["kernel"], [[1.0, -1.0], [2.0, 0.0], [3.0, 2.0]])
+    only_bias = sort_vectors(params, filter=lambda path, leaf: leaf.ndim == 1)
+    assert only_bias["dense"]["kernel"] is None
+    np.testing.assert_array_equal(only_bias["conv"]["bias"], jnp.arange(5.0))
+    with pytest.raises(ValueError, match="filter"):
+        sort_vectors(params, filter="kernel")
+
+
+def test_sync_passes_skipped_leaves_and_jits():
+    params = {"kernel": jax.random.normal(jax.random.key(1), (6, 4)), "bias": jnp.ones(4)}
+    sorted0 = sort_vectors(params)
+    current = jax.tree.map(lambda x: x * -2.0 + 1.0, params)
+    eager = sync(sorted0, current)
+    assert eager["bias"] is current["bias"]
+    chex.assert_trees_all_equal(jax.jit(sync)(sorted0, current), eager)
+    # Negating reverses every vector's order: the weight of rank r gets the
+    # value of rank n-1-r.
+    reversed0 = np.asarray(sorted0["kernel"])[::-1]
+    np.testing.assert_array_equal(
+        eager["kernel"], np.take_along_axis(reversed0, np.asarray(ranks(params["kernel"], 0)), 0))
+    # Syncing the initial weights gives them back.
+    np.testing.assert_array_equal(sync(sorted0, params)["kernel"], params["kernel"])
+
+
+def test_sync_rejects_mismatched_trees():
+    sorted0 = sort_vectors({"a": jnp.ones((2, 2))})
+    with pytest.raises(ValueError, match="structure"):
+        sync(sorted0, {"b": jnp.ones((2, 2))})
+    with pytest.raises(ValueError, match="shape"):
+        sync(sorted0, {"a": jnp.ones((3, 2))})
+
+
+def test_ranking_distance_by_hand():
+    prev = jnp.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
+    now = jnp.array([[3.0, 10.0], [2.0, 20.0], [1.0, 30.0]])
+    # Column 0 reverses (|d| = 2, 0, 2), column 1 keeps its order (0, 0, 0).
+    mean, std = ranking_distance(prev, now)
+    np.testing.assert_allclose([mean, std], [4 / 6, np.std([2, 0, 2, 0, 0, 0])], rtol=1e-6)
+    # Conv layout: vectors are the (h, w, in) entries of each output filter.
+    conv_prev, conv_now = prev.reshape(1, 3, 1, 2), now.reshape(1, 3, 1, 2)
+    np.testing.assert_allclose(ranking_distance(conv_prev, conv_now), (mean, std))
+    # A 1-D array is one vector: a cyclic shift by one of 4 moves ranks 1, 1, 1, 3.
+    mean, std = ranking_distance(jnp.arange(4.0), jnp.array([3.0, 0.0, 1.0, 2.0]))
+    np.testing.assert_allclose([mean, std], [1.5, np.std([3, 1, 1, 1])], rtol=1e-6)
+    assert float(ranking_distance(prev, prev)[0]) == 0.0
+
+
+def test_ranking_distance_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        ranking_distance(jnp.ones((2, 3)), jnp.ones((3, 2)))
+    with pytest.raises(ValueError, match="non-empty"):
+        ranking_distance(jnp.ones((0, 3)), jnp.ones((0, 3)))
+
+
+def test_cycles_by_hand():
+    assert cycles([0, 1, 2]) == [(0,), (1,), (2,)]
+    assert cycles([1, 2, 0]) == [(0, 1, 2)]
+    assert cycles(np.array([1, 0, 3, 2])) == [(0, 1), (2, 3)]
+    assert cycles([4, 3, 0, 1, 2]) == [(0, 4, 2), (1, 3)]
+    assert cycles([]) == []
+    for bad in ([0, 0], [[0, 1]], [0.0, 1.0], [1, 2]):
+        with pytest.raises(ValueError, match="permutation"):
+            cycles(bad)
+
+
+def test_find_permutation_recovers_known_permutation():
+    w0 = jax.random.normal(jax.random.key(2), (7, 3))
+    perms = np.stack([np.random.default_rng(c).permutation(7) for c in range(3)], axis=1)
+    w = np.take_along_axis(np.asarray(w0), perms, axis=0)
+    np.testing.assert_array_equal(find_permutation(w0, w), perms)
+    # Cycles of column 0 close up: following them visits every index once.
+    assert sorted(i for c in cycles(perms[:, 0]) for i in c) == list(range(7))
+    # With ties, equal values are matched in order of position.
+    np.testing.assert_array_equal(
+        find_permutation(jnp.array([1.0, 0.0, 1.0]), jnp.array([1.0, 1.0, 0.0])).ravel(),
+        [0, 2, 1])
+    with pytest.raises(ValueError, match="shapes differ"):
+        find_permutation(jnp.ones(3), jnp.ones(4))
