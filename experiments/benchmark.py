@@ -5,6 +5,7 @@
     python -m experiments.benchmark --model=conv4 --dataset=synthetic \
         --input_shape=32,32,3 --num_examples=5000 --batch=128 \
         --methods=dense,edge_popup --optimizer=sgd
+    python -m experiments.benchmark --select_size=2000000 --steps=15
 
 Every number comes from one process, after compilation: the median of
 ``--steps`` individually dispatched train steps, and the median of
@@ -17,6 +18,7 @@ printed as a table and as JSON (also written to ``--json`` if given).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -47,6 +49,8 @@ _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
                              "(dense is always included): dense, edge_popup, supermask.")
 _DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup.")
+_SELECT_SIZE = flags.DEFINE_integer(
+    "select_size", 0, "If > 0, only time kth_largest against jnp.sort on this many values.")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
     "CPU (--nofast_conv_grad: XLA's own, to compare).")
@@ -122,6 +126,23 @@ def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
             for name in methods}
 
 
+def selection_seconds(n: int, repeats: int) -> dict:
+    """``randjax.kth_largest`` against ``jnp.sort`` on ``n`` normal float32 values.
+
+    Both jitted, k = n // 2 (edge-popup at density 0.5), timed in turn.
+    """
+    x = jax.random.normal(jax.random.key(0), (n,))
+    k = n // 2
+    fns = {"kth_largest": jax.jit(lambda x: randjax.kth_largest(x, k)),
+           "sort": jax.jit(lambda x: jnp.sort(x)[n - k])}
+    assert fns["kth_largest"](x) == fns["sort"](x)  # compiles both, checks exactness
+    seconds = _interleaved_medians({name: functools.partial(fn, x)
+                                    for name, fn in fns.items()}, repeats)
+    return {"size": n, "kth_largest_ms": 1e3 * seconds["kth_largest"],
+            "sort_ms": 1e3 * seconds["sort"],
+            "speedup": seconds["sort"] / seconds["kth_largest"]}
+
+
 def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
                        tx: optax.GradientTransformation, epochs: int) -> float:
     """The same epoch as a bare jitted scan: no reparam, keys, sharding or remainder.
@@ -161,6 +182,13 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
 
 def main(argv):
     del argv
+    if _SELECT_SIZE.value > 0:
+        report = selection_seconds(_SELECT_SIZE.value, _STEPS.value)
+        print(f"k-th largest of {report['size']} float32 (k = n/2): kth_largest "
+              f"{report['kth_largest_ms']:.2f} ms, jnp.sort {report['sort_ms']:.2f} ms, "
+              f"speedup {report['speedup']:.1f}x")
+        print(json.dumps(report, indent=2))
+        return
     if _DATASET.value == "synthetic":
         dataset = _synthetic(tuple(int(s) for s in _INPUT_SHAPE.value), _NUM_EXAMPLES.value)
     else:

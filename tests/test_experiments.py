@@ -180,6 +180,13 @@ def test_benchmark_reports_json(tmp_path):
     assert "step_ms" in out and "overhead" in out
 
 
+def test_benchmark_selection_mode():
+    out = run_module("experiments.benchmark", "--select_size=50000", "--steps=3")
+    report = json.loads(out[out.index("{"):])
+    assert report["size"] == 50000 and report["speedup"] > 0
+    assert "speedup" in out.splitlines()[0]
+
+
 def test_plot_writes_curves(tmp_path):
     from experiments import plot
     import randjax
