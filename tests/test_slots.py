@@ -1,0 +1,318 @@
+"""Slot Machines: slot_select, the slot_machine reparametrization, index packing."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import randjax
+from randjax import slots
+from randjax.slots import (
+    pack_indices,
+    slot_machine,
+    slot_select,
+    to_dense,
+    unpack_indices,
+)
+
+
+def lenet():
+    return randjax.models.get("lenet300_100", use_bias=False)
+
+
+@pytest.fixture(scope="module")
+def lenet_params():
+    return lenet().init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+
+
+def is_one_of_options(w, options):
+    """Every entry of ``w`` equals (bitwise) one of its K options."""
+    w, options = np.asarray(w), np.asarray(options)
+    options = np.broadcast_to(options, (*w.shape, options.shape[-1]))
+    return bool((w.view(np.uint32)[..., None] == options.view(np.uint32)).any(-1).all())
+
+
+# --------------------------------------------------------------------------- #
+# slot_select
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("unroll", [64, 2])  # fused loop, vectorised fallback
+@pytest.mark.parametrize("jit", [False, True])
+def test_greedy_picks_the_argmax_option(monkeypatch, unroll, jit):
+    monkeypatch.setattr(slots, "_UNROLL_MAX", unroll)
+    keys = jax.random.split(jax.random.key(0), 2)
+    options = jax.random.normal(keys[0], (7, 5, 8))
+    scores = jax.random.normal(keys[1], (7, 5, 8))
+    select = jax.jit(slot_select) if jit else slot_select
+    w = select(options, scores)
+    chex.assert_shape(w, (7, 5))
+    expected = np.take_along_axis(np.asarray(options),
+                                  np.argmax(np.asarray(scores), -1)[..., None], -1)[..., 0]
+    np.testing.assert_array_equal(w, expected)
+    assert is_one_of_options(w, options)
+    # Ties go to the first maximum, as argmax.
+    tied = jnp.zeros((3, 8)).at[:, 2].set(1.0).at[:, 5].set(1.0)
+    np.testing.assert_array_equal(select(jnp.tile(jnp.arange(8.0), (3, 1)), tied), [2, 2, 2])
+    # Shared options (K,).
+    np.testing.assert_array_equal(select(options[0, 0], scores),
+                                  np.asarray(options[0, 0])[np.argmax(scores, -1)])
+
+
+@pytest.mark.parametrize("unroll", [64, 2])
+def test_sample_follows_softmax_frequencies(monkeypatch, unroll):
+    monkeypatch.setattr(slots, "_UNROLL_MAX", unroll)
+    n, logits = 100_000, jnp.array([0.0, 1.0, 2.0, -1.0, 0.5])
+    k = logits.size
+    scores = jnp.broadcast_to(logits, (n, k))
+    options = jnp.broadcast_to(jnp.arange(k, dtype=jnp.float32), (n, k))
+    select = jax.jit(lambda key: slot_select(options, scores, mode="sample", key=key))
+    w = np.asarray(select(jax.random.key(0)))
+    freq = np.bincount(w.astype(int), minlength=k) / n
+    p = np.asarray(jax.nn.softmax(logits))
+    # Five binomial standard deviations (<= 0.008 here); a uniform or greedy
+    # selection is off by more than 0.1.
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n))
+    np.testing.assert_array_equal(select(jax.random.key(0)), w)  # same key, same draw
+    assert (np.asarray(select(jax.random.key(1))) != w).mean() > 0.5
+    # A very negative score is (numerically) never chosen.
+    never = jnp.array([0.0, -200.0, 0.0])
+    w = slot_select(jnp.arange(3.0), jnp.broadcast_to(never, (10_000, 3)),
+                    mode="sample", key=jax.random.key(2))
+    assert 1.0 not in np.asarray(w) and set(np.unique(w)) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_gradient_is_eq9_and_options_get_none(mode, shared):
+    keys = jax.random.split(jax.random.key(3), 3)
+    k = 4
+    options = jax.random.normal(keys[0], (k,) if shared else (2, 3, k))
+    scores = jax.random.normal(keys[1], (2, 3, k))
+    upstream = jnp.arange(1.0, 7.0).reshape(2, 3)  # dL/dw
+
+    def loss(options, scores):
+        w = slot_select(options, scores, mode=mode, key=keys[2])
+        return jnp.sum(upstream * w)
+
+    g_options, g_scores = jax.jit(jax.grad(loss, argnums=(0, 1)))(options, scores)
+    # By hand: dL/ds[i, j, k] = dL/dw[i, j] * options[i, j, k], for every k.
+    full = np.broadcast_to(np.asarray(options), (2, 3, k))
+    hand = np.stack([[[float(upstream[i, j]) * float(full[i, j, m]) for m in range(k)]
+                      for j in range(3)] for i in range(2)])
+    np.testing.assert_allclose(g_scores, hand, rtol=1e-6)
+    chex.assert_shape(g_options, options.shape)
+    np.testing.assert_array_equal(g_options, np.zeros(options.shape))
+
+
+def test_slot_select_under_vmap_matches_a_loop():
+    keys = jax.random.split(jax.random.key(4), 3)
+    options = jax.random.normal(keys[0], (6, 5, 3))
+    scores = jax.random.normal(keys[1], (4, 6, 5, 3))  # a population of score sets
+    batched = jax.vmap(lambda s: slot_select(options, s))(scores)
+    np.testing.assert_array_equal(batched, np.stack([slot_select(options, s) for s in scores]))
+    sample_keys = jax.random.split(keys[2], 4)
+    batched = jax.jit(jax.vmap(lambda s, key: slot_select(options, s, mode="sample",
+                                                          key=key)))(scores, sample_keys)
+    chex.assert_shape(batched, (4, 6, 5))
+    assert is_one_of_options(batched, np.broadcast_to(options, (4, 6, 5, 3)))
+    grads = jax.vmap(jax.grad(lambda s: slot_select(options, s).sum()))(scores)
+    np.testing.assert_allclose(grads, np.broadcast_to(options, scores.shape))
+
+
+# --------------------------------------------------------------------------- #
+# slot_machine
+# --------------------------------------------------------------------------- #
+
+def test_slot_machine_trains_lenet_on_digits_with_frozen_options():
+    digits = randjax.data.load("digits")
+    rp = slot_machine(8)
+    fit = lambda epochs: randjax.fit(lenet(), digits, optax.sgd(0.1, momentum=0.9),
+                                     reparam=rp, epochs=epochs, batch_size=64,
+                                     progress=False)
+    initial, result = fit(0).state, fit(4)
+    # Reaches ~0.96-0.98 in 3-5 epochs (chance 0.1).
+    assert result.summary["test_accuracy"] > 0.8
+    jax.tree.map(np.testing.assert_array_equal, initial.frozen, result.state.frozen)
+    chex.assert_shape(result.state.trainable["Dense_0"]["kernel"], (64, 300, 8))
+    assert not np.allclose(initial.trainable["Dense_0"]["kernel"],
+                           result.state.trainable["Dense_0"]["kernel"])
+    # The selection changed during training, and to_dense gives a plain
+    # network (one option per connection) as accurate as the machine.
+    state = result.state
+    before = to_dense(rp, initial.trainable, initial.frozen)
+    params = to_dense(rp, state.trainable, state.frozen)
+    for name in params:
+        assert is_one_of_options(params[name]["kernel"], state.frozen[name]["kernel"])
+    assert (np.asarray(before["Dense_0"]["kernel"])
+            != np.asarray(params["Dense_0"]["kernel"])).mean() > 0.01
+    logits = lenet().apply({"params": params}, jnp.asarray(digits.test.x))
+    accuracy = float((logits.argmax(-1) == jnp.asarray(digits.test.y)).mean())
+    assert abs(accuracy - float(result.summary["test_accuracy"])) < 1e-6
+
+
+@pytest.mark.parametrize("init", ["official", "paper"])
+@pytest.mark.parametrize("selection", ["greedy", "sample"])
+def test_lean_and_stored_give_identical_logits(lenet_params, init, selection):
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
+    key, apply_key = jax.random.key(2), jax.random.key(3)
+
+    def logits(store_weights):
+        rp = slot_machine(3, init=init, selection=selection, store_weights=store_weights)
+        trainable, frozen = rp.init(key, lenet_params)
+        forward = jax.jit(lambda t, f: lenet().apply(
+            {"params": rp.apply(t, f, key=apply_key)}, x))
+        return trainable, frozen, np.asarray(forward(trainable, frozen))
+
+    t_stored, f_stored, stored = logits(True)
+    t_lean, f_lean, lean = logits(False)
+    jax.tree.map(np.testing.assert_array_equal, t_stored, t_lean)
+    chex.assert_shape(f_stored["Dense_0"]["kernel"], (64, 300, 3))
+    assert f_lean["Dense_0"]["kernel"].dtype == jnp.uint32
+    assert f_lean["Dense_0"]["kernel"].size < 8
+    np.testing.assert_array_equal(stored, lean)
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (3, 3, 16, 8)])
+def test_official_and_paper_init_ranges(shape):
+    receptive = math.prod(shape[:-2])
+    fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    lam = 0.1 if len(shape) == 2 else 1.0
+    expected = {"official": (math.sqrt(6 / (fan_in + fan_out)),) * 2,
+                "paper": (math.sqrt(2 / (fan_in + fan_out)),
+                          lam * math.sqrt(2 / (fan_in + fan_out)))}
+    for init, (option_bound, score_bound) in expected.items():
+        rp = slot_machine(16, init=init)
+        trainable, frozen = rp.init(jax.random.key(0), {"w": jnp.ones(shape)})
+        options, scores = np.asarray(frozen["w"]), np.asarray(trainable["w"])
+        chex.assert_shape([options, scores], (*shape, 16))
+        # U(-b, b) and U(0, b'): the extremes reach within 1% of the bounds.
+        assert -option_bound <= options.min() < -0.99 * option_bound
+        assert 0.99 * option_bound < options.max() <= option_bound
+        assert 0 <= scores.min() < 0.01 * score_bound
+        assert 0.99 * score_bound < scores.max() <= score_bound
+        assert not np.array_equal(options[..., 0], options[..., 1])  # K independent draws
+
+
+def test_shared_options_and_train_others(lenet_params):
+    params = dict(lenet_params, Extra_0={"bias": jnp.ones(10)})
+    rp = slot_machine(5, shared_options=True, train_others=True)
+    trainable, frozen = rp.init(jax.random.key(0), params)
+    chex.assert_shape(frozen["Dense_1"]["kernel"], (5,))
+    chex.assert_shape(trainable["Dense_1"]["kernel"], (300, 100, 5))
+    assert frozen["Extra_0"]["bias"] is None
+    np.testing.assert_array_equal(trainable["Extra_0"]["bias"], np.ones(10))
+    out = jax.jit(rp.apply)(trainable, frozen)
+    for name in lenet_params:
+        w = np.asarray(out[name]["kernel"])
+        assert set(np.unique(w)) <= set(np.asarray(frozen[name]["kernel"]).tolist())
+    # Five values in all, used according to the scores.
+    assert len(np.unique(out["Dense_0"]["kernel"])) == 5
+    trainable["Dense_0"]["kernel"] = trainable["Dense_0"]["kernel"].at[..., 3].add(1.0)
+    np.testing.assert_array_equal(rp.apply(trainable, frozen)["Dense_0"]["kernel"],
+                                  np.full((64, 300), frozen["Dense_0"]["kernel"][3]))
+    # The layers draw different option sets; the lean mode redraws them.
+    assert not np.array_equal(frozen["Dense_0"]["kernel"], frozen["Dense_1"]["kernel"])
+    lean = slot_machine(5, shared_options=True, train_others=True, store_weights=False)
+    t_lean, f_lean = lean.init(jax.random.key(0), params)
+    assert f_lean["Dense_0"]["kernel"].dtype == jnp.uint32
+    jax.tree.map(np.testing.assert_array_equal, jax.jit(lean.apply)(t_lean, f_lean),
+                 rp.apply(*rp.init(jax.random.key(0), params)))
+
+
+def test_selection_at_train_and_eval_and_spec(lenet_params):
+    sampled = slot_machine(4, selection="sample")
+    trainable, frozen = sampled.init(jax.random.key(0), lenet_params)
+    with pytest.raises(ValueError, match="needs key=jax.random key"):
+        sampled.apply(trainable, frozen, train=False)  # the paper samples at eval
+    draw = lambda key, train: np.asarray(
+        sampled.apply(trainable, frozen, key=key, train=train)["Dense_0"]["kernel"])
+    a, b = draw(jax.random.key(1), True), draw(jax.random.key(2), True)
+    assert (a != b).mean() > 0.3  # ~3/4 differ at near-uniform scores
+    np.testing.assert_array_equal(draw(jax.random.key(1), False), a)
+    # Leaves sample independently (fold_in per leaf), not with one shared stream.
+    out = sampled.apply(trainable, frozen, key=jax.random.key(1))
+    assert is_one_of_options(out["Dense_1"]["kernel"], frozen["Dense_1"]["kernel"])
+
+    greedy_eval = slot_machine(4, selection="sample", eval_selection="greedy")
+    evaluated = greedy_eval.apply(trainable, frozen, train=False)
+    jax.tree.map(np.testing.assert_array_equal, evaluated,
+                 to_dense(sampled, trainable, frozen))
+    assert greedy_eval.spec == dict(method="slot_machine", k=4, selection="sample",
+                                    eval_selection="greedy", init="official",
+                                    shared_options=False)
+    assert slot_machine(2).spec["eval_selection"] == "greedy"
+
+
+# --------------------------------------------------------------------------- #
+# Index packing
+# --------------------------------------------------------------------------- #
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.sampled_from([1, 2, 3, 8, 64]), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+def test_pack_unpack_round_trip(k, n, seed):
+    indices = np.random.default_rng(seed).integers(0, k, n)
+    packed, bits = pack_indices(indices, k)
+    assert bits == math.ceil(math.log2(k)) and packed.dtype == np.uint8
+    assert packed.size == math.ceil(n * bits / 8)
+    np.testing.assert_array_equal(unpack_indices(packed, k, n), indices)
+
+
+def test_pack_known_layout_and_argmax_indices():
+    # 5 = 101b, 2 = 010b at 3 bits each, little-endian: bits 1,0,1, 0,1,0 -> 0b010101.
+    packed, bits = pack_indices([5, 2], 8)
+    assert bits == 3 and packed.tolist() == [0b010101]
+    scores = jax.random.normal(jax.random.key(0), (30, 20, 8))
+    indices = np.asarray(jnp.argmax(scores, -1))
+    packed, _ = pack_indices(indices, 8)
+    assert packed.size == 30 * 20 * 3 // 8
+    np.testing.assert_array_equal(unpack_indices(packed, 8, indices.size).reshape(30, 20),
+                                  indices)
+
+
+# --------------------------------------------------------------------------- #
+# Errors
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(k=0), r"k must be a Python int >= 1"),
+    (dict(k=True), r"k must be a Python int >= 1"),
+    (dict(k=2.0), r"k must be a Python int >= 1"),
+    (dict(k=4, selection="max"), r"selection must be one of \('greedy', 'sample'\)"),
+    (dict(k=4, eval_selection="x"), "eval_selection must be one of"),
+    (dict(k=4, init="xavier"), r"init must be one of \('official', 'paper'\)"),
+    (dict(k=4, shared_options=1), "shared_options must be a Python bool"),
+    (dict(k=4, store_weights=None), "store_weights must be a Python bool"),
+])
+def test_slot_machine_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        slot_machine(**kwargs)
+
+
+def test_bad_calls():
+    o, s = jnp.ones((2, 3)), jnp.ones((2, 3))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        slot_select(o, s, mode="argmax")
+    with pytest.raises(ValueError, match=r"options must have the shape of scores \(2, 3\)"):
+        slot_select(jnp.ones((2, 4)), s)
+    with pytest.raises(ValueError, match="mode='sample' needs key"):
+        slot_select(o, s, mode="sample")
+    with pytest.raises(ValueError, match=r"init='official' needs kernels .* \['b'\]"):
+        slot_machine(2, filter=lambda p, x: True).init(jax.random.key(0), {"b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="filter selects no leaf"):
+        slot_machine(2).init(jax.random.key(0), {"b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="to_dense needs a slot_machine Reparam"):
+        to_dense(randjax.edge_popup(0.5), None, None)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
+        pack_indices([0, 4], 4)
+    with pytest.raises(ValueError, match="indices must be integers"):
+        pack_indices([0.5], 4)
+    with pytest.raises(ValueError, match="packed must hold 2 bytes"):
+        unpack_indices(np.zeros(1, np.uint8), 8, 4)
+    with pytest.raises(ValueError, match="k must be a Python int"):
+        unpack_indices(np.zeros(0, np.uint8), 0, 0)
