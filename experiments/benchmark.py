@@ -5,6 +5,8 @@
     python -m experiments.benchmark --model=conv4 --dataset=synthetic \
         --input_shape=32,32,3 --num_examples=5000 --batch=128 \
         --methods=dense,edge_popup --optimizer=sgd
+    python -m experiments.benchmark --model=lenet300_100 --dataset=digits \
+        --batch=64 --methods=slot_machine --k=8 --optimizer=sgd
     python -m experiments.benchmark --select_size=2000000 --steps=15
 
 Every number comes from one process, after compilation: the median of
@@ -47,8 +49,11 @@ _STEPS = flags.DEFINE_integer("steps", 50, "Timed single steps.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
-                             "(dense is always included): dense, edge_popup, supermask.")
+                             "(dense is always included): dense, edge_popup, supermask, "
+                             "slot_machine.")
 _DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup.")
+_K = flags.DEFINE_integer("k", 8, "Options per connection for slot_machine (greedy, "
+                          "official init).")
 _SELECT_SIZE = flags.DEFINE_integer(
     "select_size", 0, "If > 0, only time kth_largest against jnp.sort on this many values.")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
@@ -199,6 +204,8 @@ def main(argv):
         "edge_popup": lambda: randjax.edge_popup(_DENSITY.value,
                                                  weight_init="signed_constant"),
         "supermask": lambda: randjax.supermask(weight_init="signed_constant"),
+        "slot_machine": lambda: randjax.slot_machine(_K.value, selection="greedy",
+                                                     init="official"),
     }
     unknown = set(_METHODS.value) - set(available)
     if unknown:

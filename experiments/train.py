@@ -95,10 +95,12 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
 
 
 def make_reparam(config: ml_collections.ConfigDict) -> randjax.Reparam:
-    """The `randjax.Reparam` of ``config.method``: dense, edge_popup or supermask.
+    """The `randjax.Reparam` of ``config.method``.
 
-    The weight-freezing methods redraw the frozen weights with
-    ``config.init`` (so a ``scaled_*`` name sees the kept fraction).
+    ``dense``, ``edge_popup``, ``supermask`` or ``slot_machine``. Edge-popup
+    and supermask redraw the frozen weights with ``config.init`` (so a
+    ``scaled_*`` name sees the kept fraction); Slot Machines draw their
+    ``config.k`` options per connection by ``config.slot_init``.
     """
     if config.method == "dense":
         return randjax.dense()
@@ -112,8 +114,13 @@ def make_reparam(config: ml_collections.ConfigDict) -> randjax.Reparam:
             logit_init=config.logit_init, sample_at_eval=config.sample_at_eval,
             dynamic_scaling=config.dynamic_scaling, weight_init=config.init,
             store_weights=config.store_weights)
-    raise ValueError(f"unknown method {config.method!r}; choose dense, edge_popup "
-                     "or supermask")
+    if config.method == "slot_machine":
+        return randjax.slot_machine(
+            config.k, selection=config.selection, init=config.slot_init,
+            eval_selection=config.eval_selection, shared_options=config.shared_options,
+            store_weights=config.store_weights)
+    raise ValueError(f"unknown method {config.method!r}; choose dense, edge_popup, "
+                     "supermask or slot_machine")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,

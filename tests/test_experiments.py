@@ -222,3 +222,36 @@ def test_cli_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
     straight = json.loads((tmp_path / "straight" / "summary.json").read_text())
     assert resumed["params_sha256"] == straight["params_sha256"]
     assert resumed["steps"] == straight["steps"] == 12 * math.ceil(1294 / 32)
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_slot_lenet_fmnist_presets_match_the_reference_settings(k):
+    config = presets.get_config(f"slot_lenet_fmnist_k{k}")
+    expected = dict(method="slot_machine", dataset="fashion_mnist", model="lenet300_100",
+                    use_bias=False, k=k, selection="greedy", eval_selection=None,
+                    slot_init="official", shared_options=False, optimizer="sgd",
+                    learning_rate=0.1, momentum=0.9, weight_decay=0.0,
+                    schedule="constant", epochs=10, batch_size=128, val_fraction=0.0,
+                    normalize="standardize", crop_padding=0, flip=False,
+                    drop_remainder=False, train_limit=None)
+    assert {key: config[key] for key in expected} == expected
+    assert "maxwell-aladago/slot-machines" in presets.PRESETS[
+        f"slot_lenet_fmnist_k{k}"].__doc__
+    assert train.make_reparam(config).spec == dict(
+        method="slot_machine", k=k, selection="greedy", eval_selection="greedy",
+        init="official", shared_options=False)
+
+
+def test_slot_machine_through_train_and_evaluate():
+    from experiments.configs import slot_machine
+    config = slot_machine.get_config()
+    config.update(epochs=1, train_limit=500, width=0.5)
+    from randjax import models
+    default = models.get(config.model).kernel_init  # no kernel_init passed
+    assert train.make_model(config, 10).kernel_init is default
+    result = train.train_and_evaluate(config, None, progress=False)
+    assert result.summary["steps"] == math.ceil(500 / 128)
+    state = result.state
+    assert state.trainable["Dense_0"]["kernel"].shape == (64, 150, 8)  # scores
+    assert state.frozen["Dense_0"]["kernel"].shape == (64, 150, 8)  # options
+    assert result.history[-1]["test_accuracy"] > 0.1

@@ -9,7 +9,7 @@ sets. ``--config.x=y`` overrides still apply after the preset.
 
 import ml_collections
 
-from experiments.configs import dense, edge_popup
+from experiments.configs import dense, edge_popup, slot_machine
 
 
 def dense_lenet_fmnist() -> ml_collections.ConfigDict:
@@ -49,8 +49,42 @@ def edge_popup_lenet_fmnist() -> ml_collections.ConfigDict:
     return config
 
 
+def _slot_lenet_fmnist(k: int) -> ml_collections.ConfigDict:
+    config = slot_machine.get_config()
+    config.update(
+        dataset="fashion_mnist", val_fraction=0.0, normalize="standardize",
+        model="lenet300_100", use_bias=False, k=k, selection="greedy",
+        slot_init="official", shared_options=False, optimizer="sgd",
+        learning_rate=0.1, momentum=0.9, weight_decay=0.0, schedule="constant",
+        epochs=10, batch_size=128)
+    return config
+
+
+def slot_lenet_fmnist_k8() -> ml_collections.ConfigDict:
+    """Greedy Slot Machine (K=8) on LeNet-300-100 as maxwell-aladago/slot-machines.
+
+    No biases, 8 options per connection, the code's initialisation (options
+    U(+-b), scores U(0, b), ``b = sqrt(6 / (fan_in + fan_out))``), greedy
+    selection at training and evaluation, SGD lr 0.1 (the paper's rate for
+    K <= 8), momentum 0.9, no weight decay, constant rate, 10 epochs, batch
+    128, all 60,000 training images, no augmentation, standardised inputs.
+    """
+    return _slot_lenet_fmnist(8)
+
+
+def slot_lenet_fmnist_k2() -> ml_collections.ConfigDict:
+    """Greedy Slot Machine (K=2) on LeNet-300-100 as maxwell-aladago/slot-machines.
+
+    As `slot_lenet_fmnist_k8` with 2 options per connection: one bit per
+    connection, the same budget as an edge-popup mask.
+    """
+    return _slot_lenet_fmnist(2)
+
+
 PRESETS = {"dense_lenet_fmnist": dense_lenet_fmnist,
-           "edge_popup_lenet_fmnist": edge_popup_lenet_fmnist}
+           "edge_popup_lenet_fmnist": edge_popup_lenet_fmnist,
+           "slot_lenet_fmnist_k2": slot_lenet_fmnist_k2,
+           "slot_lenet_fmnist_k8": slot_lenet_fmnist_k8}
 
 
 def get_config(name: str) -> ml_collections.ConfigDict:
