@@ -157,7 +157,7 @@ def test_kth_largest_float64_and_int64_with_x64():
 
 
 def test_kth_largest_large_array_default_path():
-    # >= 2**16 elements: radix select on CPU.
+    # >= 2**15 elements: radix select on CPU.
     x = np.random.default_rng(3).normal(size=70_000).astype(np.float32)
     x[:30_000] = np.where(np.arange(30_000) % 2, 0.0, -0.0)
     x[30_000:30_010] = 7.0
