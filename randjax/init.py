@@ -50,6 +50,12 @@ _INITIALIZERS: dict[str, Initializer] = {
 }
 
 
+def is_kernel(path: tuple, leaf) -> bool:
+    """The default leaf filter: weight matrices and conv kernels (ndim >= 2)."""
+    del path
+    return getattr(leaf, "ndim", 0) >= 2
+
+
 def fan_in(shape) -> int:
     """Fan-in of a kernel shape, JAX convention: ``prod(shape[:-1])``.
 
@@ -219,13 +225,6 @@ def get(name: str, density: float = 1.0) -> Initializer:
 # initializers above.
 
 
-def _kernel_filter(path, leaf) -> bool:
-    # randjax.reparam.is_kernel, which cannot be imported here (reparam
-    # imports this module).
-    del path
-    return getattr(leaf, "ndim", 0) >= 2
-
-
 def _selected_paths(params, filter):
     """(path, leaf) of every leaf chosen by ``filter``, in flattening order."""
     if not callable(filter):
@@ -293,7 +292,7 @@ def random_prune(key: jax.Array, params, density: float, *, input_density: float
     if (isinstance(input_density, bool) or not isinstance(input_density, numbers.Real)
             or not 0.0 <= input_density <= 1.0):
         raise ValueError(f"input_density must be a Python float in [0, 1], got {input_density!r}")
-    chosen = _selected_paths(params, _kernel_filter if filter is None else filter)
+    chosen = _selected_paths(params, is_kernel if filter is None else filter)
     if input_layer is None:
         first = {id(chosen[0][1])}
     else:
@@ -349,7 +348,7 @@ def shared_value(params, value: float, *, filter=None):
             or not math.isfinite(value)):
         raise ValueError(f"value must be a finite Python float, got {value!r}")
     chosen = {id(leaf) for _, leaf in
-              _selected_paths(params, _kernel_filter if filter is None else filter)}
+              _selected_paths(params, is_kernel if filter is None else filter)}
 
     def fill(leaf):
         if id(leaf) not in chosen:

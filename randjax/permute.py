@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from randjax.init import is_kernel
+
 PyTree = Any
 Filter = Callable[[tuple, Any], bool]
 
@@ -110,11 +112,6 @@ def _selected(path, leaf, filter: Filter) -> bool:
     return hasattr(leaf, "ndim") and hasattr(leaf, "dtype") and bool(filter(path, leaf))
 
 
-def _default_filter(path, leaf) -> bool:
-    del path
-    return getattr(leaf, "ndim", 0) >= 2
-
-
 def sort_vectors(params: PyTree, *, filter: Filter | None = None) -> PyTree:
     """Sorted copy of every weight vector of the leaves chosen by ``filter``.
 
@@ -140,7 +137,7 @@ def sort_vectors(params: PyTree, *, filter: Filter | None = None) -> PyTree:
     References:
         Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Alg. 1 (theta_sorted).
     """
-    filter = _default_filter if filter is None else filter
+    filter = is_kernel if filter is None else filter
     if not callable(filter):
         raise ValueError(f"filter must be a callable filter(path, leaf), got {filter!r}")
     return jax.tree_util.tree_map_with_path(

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import optax
 
 from randjax import permute
+from randjax.init import is_kernel
+from randjax.reparam import _check_bool
 
 PyTree = Any
 Filter = Callable[[tuple, Any], bool]
@@ -59,12 +61,6 @@ class LaPermState(NamedTuple):
 
 def _is_empty(x) -> bool:
     return x is None or isinstance(x, optax.MaskedNode)
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"laperm: {name} must be a Python bool, got {value!r}")
-    return value
 
 
 def _check_period(sync_period) -> int | Schedule:
@@ -156,11 +152,11 @@ def laperm(inner: optax.GradientTransformation,
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise ValueError(f"laperm: inner must be an optax GradientTransformation, got {inner!r}")
     sync_period = _check_period(sync_period)
-    include_1d = _check_bool(include_1d, "include_1d")
-    reset_inner_state = _check_bool(reset_inner_state, "reset_inner_state")
+    include_1d = _check_bool(include_1d, "laperm: include_1d")
+    reset_inner_state = _check_bool(reset_inner_state, "laperm: reset_inner_state")
     if filter is not None and not callable(filter):
         raise ValueError(f"laperm: filter must be a callable filter(path, leaf), got {filter!r}")
-    base = permute._default_filter if filter is None else filter
+    base = is_kernel if filter is None else filter
 
     def select(path, leaf) -> bool:
         return bool(base(path, leaf)) or (include_1d and getattr(leaf, "ndim", 0) == 1)

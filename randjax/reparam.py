@@ -37,6 +37,7 @@ from jax import lax
 
 from randjax import init as init_lib
 from randjax import masks
+from randjax.init import is_kernel  # noqa: F401  (randjax.reparam.is_kernel)
 
 PyTree = Any
 
@@ -61,12 +62,6 @@ class Reparam(NamedTuple):
     init: Callable[[jax.Array, PyTree], tuple[PyTree, PyTree]]
     apply: Callable[..., PyTree]
     spec: dict | None = None
-
-
-def is_kernel(path: tuple, leaf: Any) -> bool:
-    """The default leaf filter: weight matrices and conv kernels (ndim >= 2)."""
-    del path
-    return getattr(leaf, "ndim", 0) >= 2
 
 
 def dense() -> Reparam:
