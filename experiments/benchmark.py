@@ -7,6 +7,8 @@
         --methods=dense,edge_popup --optimizer=sgd
     python -m experiments.benchmark --model=lenet300_100 --dataset=digits \
         --batch=64 --methods=slot_machine --k=8 --optimizer=sgd
+    python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
+        --optimizer=adam --methods=dense,laperm --laperm_sync_period=20
     python -m experiments.benchmark --select_size=2000000 --steps=15
 
 Every number comes from one process, after compilation: the median of
@@ -16,6 +18,14 @@ Every number comes from one process, after compilation: the median of
 over dense's). The
 ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
 printed as a table and as JSON (also written to ``--json`` if given).
+
+``laperm`` is the optimizer `randjax.laperm` around ``--optimizer`` (dense
+parameters): its median single step is a step without a sync, so it also
+reports the *amortised* step, ``amortised_step_ms``: the median time of
+``--laperm_sync_period`` consecutive steps (one of them a sync) over their
+number, timed in turn with the same block of plain steps
+(``amortised_ratio``, the issue's target is <= 1.03 at k >= 20), and
+``sync_ms``, one jitted `randjax.permute.sync` of the model's parameters.
 """
 
 from __future__ import annotations
@@ -50,10 +60,14 @@ _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
                              "(dense is always included): dense, edge_popup, supermask, "
-                             "slot_machine.")
+                             "slot_machine, laperm.")
 _DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup.")
 _K = flags.DEFINE_integer("k", 8, "Options per connection for slot_machine (greedy, "
                           "official init).")
+_LAPERM_SYNC_PERIOD = flags.DEFINE_integer(
+    "laperm_sync_period", 20, "Sync period k of the laperm method.")
+_LAPERM_INCLUDE_1D = flags.DEFINE_bool(
+    "laperm_include_1d", False, "laperm also permutes biases (skip_bias=False).")
 _SELECT_SIZE = flags.DEFINE_integer(
     "select_size", 0, "If > 0, only time kth_largest against jnp.sort on this many values.")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
@@ -114,21 +128,63 @@ def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
     return one_step, one_epoch
 
 
+def _method(spec) -> tuple[randjax.Reparam, optax.GradientTransformation | None]:
+    """A method as (reparam, its own optimizer or None for the shared one)."""
+    return (spec, None) if isinstance(spec, randjax.Reparam) else tuple(spec)
+
+
 def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
-              tx: optax.GradientTransformation, methods: dict[str, randjax.Reparam],
-              steps: int, epochs: int) -> dict:
-    """Times every method, interleaved; step/epoch medians and derived rates."""
-    compiled = {name: prepare(model_name, dataset, batch, tx, rp)
-                for name, rp in methods.items()}
+              tx: optax.GradientTransformation, methods: dict,
+              steps: int, epochs: int, *, block: int = 0) -> dict:
+    """Times every method, interleaved; step/epoch medians and derived rates.
+
+    ``methods`` maps a name to a `randjax.Reparam` trained with ``tx``, or to
+    a ``(reparam, own_tx)`` pair (e.g. ``(dense(), randjax.laperm(tx))``).
+    With ``block`` > 0 every method's ``block_step_ms`` is the median time
+    of ``block`` consecutive steps over ``block`` (the amortised step of a
+    method whose steps differ, like LaPerm's sync every ``block`` steps).
+    """
+    compiled = {}
+    for name, spec in methods.items():
+        reparam, own_tx = _method(spec)
+        compiled[name] = prepare(model_name, dataset, batch, own_tx or tx, reparam)
     step_seconds = _interleaved_medians({n: c[0] for n, c in compiled.items()}, steps)
+    block_seconds = {}
+    if block > 0:
+        blocks = {n: functools.partial(_steps, c[0], block) for n, c in compiled.items()}
+        block_seconds = _interleaved_medians(blocks, max(5, steps // block))
     epoch_seconds = _interleaved_medians({n: c[1] for n, c in compiled.items()}, epochs)
     steps_per_epoch = math.ceil(len(dataset.train.y) / batch)
-    return {name: {"step_ms": 1e3 * step_seconds[name],
-                   "images_per_second": batch / step_seconds[name],
-                   "epoch_seconds": epoch_seconds[name],
-                   "steps_per_epoch": steps_per_epoch,
-                   "overhead": epoch_seconds[name] / (steps_per_epoch * step_seconds[name])}
-            for name in methods}
+    results = {name: {"step_ms": 1e3 * step_seconds[name],
+                      "images_per_second": batch / step_seconds[name],
+                      "epoch_seconds": epoch_seconds[name],
+                      "steps_per_epoch": steps_per_epoch,
+                      "overhead": epoch_seconds[name] / (steps_per_epoch * step_seconds[name])}
+               for name in methods}
+    for name, seconds in block_seconds.items():
+        results[name]["block_step_ms"] = 1e3 * seconds / block
+    return results
+
+
+def _steps(one_step, n: int):
+    for _ in range(n):
+        out = one_step()
+    return out
+
+
+def sync_seconds(model_name: str, dataset: data_lib.Dataset, include_1d: bool,
+                 repeats: int) -> float:
+    """Median seconds of one jitted `randjax.permute.sync` of the model's params."""
+    model = models.get(model_name, num_classes=dataset.num_classes)
+    params = model.init(jax.random.key(0), jnp.zeros((1, *dataset.input_shape)))["params"]
+    select = lambda path, x: x.ndim >= 2 or (include_1d and x.ndim == 1)
+    sorted0 = randjax.permute.sort_vectors(params, filter=select)
+    moved = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(jax.random.key(1), x.shape),
+                         params)
+    sync = jax.jit(randjax.permute.sync)
+    jax.block_until_ready(sync(sorted0, moved))  # compile
+    return _interleaved_medians({"sync": functools.partial(sync, sorted0, moved)},
+                                repeats)["sync"]
 
 
 def selection_seconds(n: int, repeats: int) -> dict:
@@ -206,17 +262,30 @@ def main(argv):
         "supermask": lambda: randjax.supermask(weight_init="signed_constant"),
         "slot_machine": lambda: randjax.slot_machine(_K.value, selection="greedy",
                                                      init="official"),
+        "laperm": lambda: (randjax.dense(), randjax.laperm(
+            tx, _LAPERM_SYNC_PERIOD.value, include_1d=_LAPERM_INCLUDE_1D.value)),
     }
     unknown = set(_METHODS.value) - set(available)
     if unknown:
         raise app.UsageError(f"unknown --methods {sorted(unknown)}; choose from "
                              f"{sorted(available)}")
     names = ["dense", *(m for m in _METHODS.value if m != "dense")]
+    with_laperm = "laperm" in names
+    k = _LAPERM_SYNC_PERIOD.value
     results = benchmark(_MODEL.value, dataset, _BATCH.value, tx,
                         {name: available[name]() for name in names},
-                        _STEPS.value, _EPOCHS.value)
+                        _STEPS.value, _EPOCHS.value, block=k if with_laperm else 0)
     for r in results.values():
         r["ratio_to_dense"] = r["step_ms"] / results["dense"]["step_ms"]
+    if with_laperm:
+        lp = results["laperm"]
+        lp["sync_period"] = k
+        lp["amortised_step_ms"] = lp["block_step_ms"]
+        lp["amortised_ratio"] = lp["block_step_ms"] / results["dense"]["block_step_ms"]
+        lp["epoch_ratio_to_dense"] = lp["epoch_seconds"] / results["dense"]["epoch_seconds"]
+        lp["sync_ms"] = 1e3 * sync_seconds(_MODEL.value, dataset, _LAPERM_INCLUDE_1D.value,
+                                           _STEPS.value)
+        lp["sync_over_step"] = lp["sync_ms"] / results["dense"]["step_ms"]
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,
@@ -235,6 +304,12 @@ def main(argv):
         print(name.ljust(12) + "".join(
             (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])).rjust(19)
             for c in columns))
+    if with_laperm:
+        lp = results["laperm"]
+        print(f"laperm k={k}: amortised step {lp['amortised_step_ms']:.4f} ms, "
+              f"{lp['amortised_ratio']:.3f}x the plain step (blocks of {k}); one sync "
+              f"{lp['sync_ms']:.4f} ms = {lp['sync_over_step']:.2f} plain steps; "
+              f"epoch {lp['epoch_ratio_to_dense']:.3f}x dense")
     print(f"bare jitted scan, same model and optimizer: {bare:.4f} s/epoch; "
           f"randjax epoch / bare = {results['dense']['epoch_over_bare_scan']:.3f}")
     text = json.dumps(report, indent=2)

@@ -26,20 +26,14 @@ hour on a 2-core CPU; the paper trains 100 epochs on CIFAR-10.
 
 from __future__ import annotations
 
-import json
 import pathlib
-import time
 
 import jax
-import matplotlib
+import ml_collections
+from absl import app, flags, logging
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from experiments import train  # noqa: E402
-from experiments.configs import dense, edge_popup, supermask  # noqa: E402
+from experiments.configs import dense, edge_popup, supermask
+from experiments.sweeps import Records, plot
 
 _SWEEPS = flags.DEFINE_list("sweeps", ["density", "width", "init", "supermask"],
                             "Which studies to run.")
@@ -73,70 +67,32 @@ def run_config(method: str, model: str, **overrides) -> ml_collections.ConfigDic
     return config
 
 
-class Records:
-    """One sweep's JSON records, saved after each run; finished runs are skipped."""
+def _expected_density(result) -> dict:
+    """A supermask's final expected kept fraction (mean sigmoid of its logits)."""
+    logits = jax.tree.leaves(result.state.trainable)
+    kept = sum(float(jax.nn.sigmoid(l).sum()) for l in logits)
+    return {"expected_density": kept / sum(l.size for l in logits)}
 
-    def __init__(self, path: pathlib.Path):
-        self.path = path
-        self.rows = json.loads(path.read_text()) if path.exists() else []
 
-    def run(self, name: str, method: str, model: str, **overrides) -> dict:
-        for row in self.rows:
-            if row["name"] == name:
-                return row
-        config = run_config(method, model, **overrides)
-        start = time.perf_counter()
-        result = train.train_and_evaluate(config, None, progress=False)
-        row = {"name": name, "method": method, "model": model, **overrides,
-               "epochs": config.epochs, "train_limit": config.train_limit,
-               "test_accuracy": result.summary["test_accuracy"],
-               "test_accuracy_per_epoch": [r["test_accuracy"] for r in result.history],
-               "median_epoch_seconds": result.summary["median_epoch_seconds"],
-               "wall_seconds": time.perf_counter() - start}
-        if method == "supermask":
-            logits = jax.tree.leaves(result.state.trainable)
-            kept = sum(float(jax.nn.sigmoid(l).sum()) for l in logits)
-            row["expected_density"] = kept / sum(l.size for l in logits)
-        self.rows.append(row)
-        self.path.write_text(json.dumps(self.rows, indent=1) + "\n")
-        print(f"{self.path.stem}: {name}: test {row['test_accuracy']:.4f} "
-              f"({row['wall_seconds']:.0f} s)", flush=True)
-        return row
+def _run(records: Records, name: str, method: str, model: str, **overrides) -> dict:
+    measure = _expected_density if method == "supermask" else None
+    return records.run(name, run_config(method, model, **overrides), measure=measure,
+                       method=method, model=model, **overrides)
 
 
 def _densities() -> list[float]:
     return [float(d) for d in _DENSITIES.value]
 
 
-def _plot(path: pathlib.Path, title: str, series: dict, baselines: dict, xlabel: str,
-          xscale: str = "linear"):
-    """Lines of ``{label: [(x, accuracy)]}``; dashed horizontal ``baselines``."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    colors = {}
-    for label, points in series.items():
-        xs, ys = zip(*sorted(points))
-        (line,) = ax.plot(xs, ys, "o-", label=label)
-        colors[label] = line.get_color()
-    for label, value in baselines.items():
-        ax.axhline(value, ls="--", color=colors.get(label, "gray"),
-                   label=f"{label}: learned dense")
-    ax.set(xlabel=xlabel, ylabel="test accuracy", title=title, xscale=xscale)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def density_sweep(out: pathlib.Path):
     records = Records(out / "density.json")
     series, baselines = {}, {}
     for model in _MODELS.value:
-        baselines[model] = records.run(f"{model}/dense", "dense", model)["test_accuracy"]
-        series[model] = [(d, records.run(f"{model}/{d}", "edge_popup", model,
+        baselines[model] = _run(records, f"{model}/dense", "dense", model)["test_accuracy"]
+        series[model] = [(d, _run(records, f"{model}/{d}", "edge_popup", model,
                                          density=d)["test_accuracy"])
                          for d in _densities()]
-    _plot(out / "density.png", f"edge-popup on {_DATASET.value}: kept fraction",
+    plot(out / "density.png", f"edge-popup on {_DATASET.value}: kept fraction",
           series, baselines, "kept fraction (density)")
 
 
@@ -145,14 +101,14 @@ def width_sweep(out: pathlib.Path):
     series, baselines = {}, {}
     for density in (0.5, 0.3):
         series[f"edge-popup {density}"] = [
-            (float(w), records.run(f"{w}/{density}", "edge_popup", "conv4", width=float(w),
+            (float(w), _run(records, f"{w}/{density}", "edge_popup", "conv4", width=float(w),
                                    density=density)["test_accuracy"])
             for w in _WIDTHS.value]
     series["learned dense"] = [
-        (float(w), records.run(f"{w}/dense", "dense", "conv4", width=float(w))["test_accuracy"])
+        (float(w), _run(records, f"{w}/dense", "dense", "conv4", width=float(w))["test_accuracy"])
         for w in _WIDTHS.value]
-    _plot(out / "width.png", f"Conv4 on {_DATASET.value}: width", series, baselines,
-          "width multiplier", "log")
+    plot(out / "width.png", f"Conv4 on {_DATASET.value}: width", series, baselines,
+          "width multiplier", "log2")
 
 
 def init_sweep(out: pathlib.Path):
@@ -160,23 +116,23 @@ def init_sweep(out: pathlib.Path):
     series = {}
     for init in ("kaiming_normal", "signed_constant", "scaled_kaiming_normal",
                  "scaled_signed_constant"):
-        series[init] = [(d, records.run(f"{init}/{d}", "edge_popup", "lenet300_100",
+        series[init] = [(d, _run(records, f"{init}/{d}", "edge_popup", "lenet300_100",
                                         init=init, density=d)["test_accuracy"])
                         for d in _densities()]
-    baseline = records.run("dense", "dense", "lenet300_100")["test_accuracy"]
-    _plot(out / "init.png", f"LeNet-300-100 on {_DATASET.value}: weight init", series,
+    baseline = _run(records, "dense", "dense", "lenet300_100")["test_accuracy"]
+    plot(out / "init.png", f"LeNet-300-100 on {_DATASET.value}: weight init", series,
           {"LeNet-300-100": baseline}, "kept fraction (density)")
 
 
 def supermask_sweep(out: pathlib.Path):
     records = Records(out / "supermask.json")
-    series = {"edge-popup": [(d, records.run(f"edge_popup/{d}", "edge_popup", "lenet300_100",
+    series = {"edge-popup": [(d, _run(records, f"edge_popup/{d}", "edge_popup", "lenet300_100",
                                              density=d)["test_accuracy"])
                              for d in _densities()]}
-    row = records.run("supermask", "supermask", "lenet300_100")
+    row = _run(records, "supermask", "supermask", "lenet300_100")
     series["supermask (learned density)"] = [(row["expected_density"], row["test_accuracy"])]
-    baseline = records.run("dense", "dense", "lenet300_100")["test_accuracy"]
-    _plot(out / "supermask.png", f"LeNet-300-100 on {_DATASET.value}", series,
+    baseline = _run(records, "dense", "dense", "lenet300_100")["test_accuracy"]
+    plot(out / "supermask.png", f"LeNet-300-100 on {_DATASET.value}", series,
           {"LeNet-300-100": baseline}, "kept fraction (density)")
 
 

@@ -15,8 +15,8 @@ import pathlib
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import app, flags  # noqa: E402
+import matplotlib.pyplot as plt
+from absl import app, flags
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories to plot.")
 _OUT = flags.DEFINE_string("out", "curves.png", "Output PNG.")

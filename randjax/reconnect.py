@@ -263,6 +263,47 @@ def apply_updates(params: PyTree, updates: PyTree, opt_state: PyTree) -> PyTree:
     return new
 
 
+def synced_params(params: PyTree, opt_state: PyTree) -> PyTree:
+    """The network a sync would give now: ``params`` projected onto theta_0's permutations.
+
+    Every leaf that a `LaPermState` in ``opt_state`` permutes is replaced by
+    `randjax.permute.sync` of its sorted initial vectors, in the ranking of
+    its current values (the other leaves are returned unchanged). The result
+    is bitwise a per-vector permutation of the initial weights, whatever the
+    step: evaluate it to measure accuracy "right after a sync" at a step that
+    is not a sync step (e.g. the end of an epoch whose length is not a
+    multiple of the sync period), or export it with
+    `randjax.export.save_permuted`. Training is not affected.
+
+    Args:
+        params: the current parameters (the tree given to ``tx.update``).
+        opt_state: an optimizer state holding a `LaPermState` (anywhere in a
+            chain); without one, ``params`` is returned as is.
+
+    Returns:
+        The projected parameters (same structure, shapes and dtypes).
+
+    Raises:
+        ValueError: ``params`` does not match the state's tree.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from randjax.reconnect import laperm, synced_params
+        >>> params = {"kernel": jnp.array([[1.0], [2.0], [3.0]])}
+        >>> state = laperm(optax.adam(1e-3), sync_period=20).init(params)
+        >>> moved = {"kernel": jnp.array([[0.5], [-4.0], [0.1]])}
+        >>> synced_params(moved, state)["kernel"].ravel().tolist()
+        [3.0, 1.0, 2.0]
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 4 (accuracy
+        is reported right after a synchronization).
+    """
+    for state in laperm_states(opt_state):
+        params = permute.sync(state.sorted0, params)
+    return params
+
+
 def _snap(params: PyTree, state: LaPermState) -> PyTree:
     """The synced leaves of ``params`` set to ``state.target`` on sync steps."""
     return jax.tree.map(

@@ -97,6 +97,15 @@ def reparam_key(seed: int) -> jax.Array:
     return _init_keys(_fit_keys(seed)[0])[1]
 
 
+def model_key(seed: int) -> jax.Array:
+    """The key `fit` (``seed=seed``) initialises the model with.
+
+    ``model.init(model_key(seed), zeros((1, *input_shape)))`` redraws the
+    initial parameters; `randjax.export.save_permuted` needs it.
+    """
+    return _init_keys(_fit_keys(seed)[0])[0]
+
+
 def init_state(model: nn.Module, reparam: Reparam, tx: optax.GradientTransformation,
                input_shape: tuple[int, ...], key: jax.Array) -> TrainState:
     """Initialises the model, splits its parameters by ``reparam``, inits ``tx``."""
@@ -321,6 +330,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         workdir: str | pathlib.Path | None = None, checkpoint_every: int = 1,
         augmentation: Augmentation = Augmentation(), drop_remainder: bool = False,
         eval_batch_size: int = 1000, epoch_hook: EpochHook | None = None,
+        eval_transform: Callable[[TrainState], TrainState] | None = None,
         devices=None, progress: bool = True, config: Mapping | None = None,
         ) -> FitResult:
     """Trains ``model`` on ``dataset`` with ``tx`` for ``epochs`` epochs.
@@ -345,6 +355,12 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             of the device count).
         epoch_hook: ``hook(epoch, state) -> dict`` called after each epoch;
             its entries are added to that epoch's metrics record.
+        eval_transform: ``transform(state) -> state`` applied (jitted) to
+            the state before validation and test evaluation, never to
+            training; e.g. LaPerm's projection onto the permutations of the
+            initial weights (`randjax.reconnect.synced_params`), so that
+            accuracy is measured right after a sync. Its ``__name__`` is
+            recorded as ``eval_transform`` in every metrics record.
         devices: devices of the data mesh (default: all local devices).
         progress: show a tqdm progress bar.
         config: a JSON-able description of the run, stored in
@@ -385,6 +401,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     train_step = make_train_step(model, reparam, tx, augmentation)
     run_epoch = make_epoch_fn(train_step, mesh, num_train, batch_size, drop_remainder)
     evaluate = make_eval_fn(model, reparam, mesh, chunk)
+    transform = None if eval_transform is None else jax.jit(eval_transform)
 
     prog, history, manager = _fresh_progress(), [], None
     if workdir is not None:
@@ -422,8 +439,11 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
                   "train_accuracy": float(np.average(accs, weights=sizes)),
                   "learning_rate": _learning_rate(state.opt_state),
                   "epoch_seconds": train_seconds}
+        eval_state = state if transform is None else transform(state)
+        if transform is not None:
+            record["eval_transform"] = getattr(eval_transform, "__name__", repr(eval_transform))
         for name, split in eval_splits.items():
-            loss, acc = evaluate(state, *split, jax.random.fold_in(eval_key, epoch))
+            loss, acc = evaluate(eval_state, *split, jax.random.fold_in(eval_key, epoch))
             record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)
         if epoch_hook is not None:
             record.update({k: _jsonable(v) for k, v in epoch_hook(epoch + 1, state).items()})

@@ -255,3 +255,116 @@ def test_slot_machine_through_train_and_evaluate():
     assert state.trainable["Dense_0"]["kernel"].shape == (64, 150, 8)  # scores
     assert state.frozen["Dense_0"]["kernel"].shape == (64, 150, 8)  # options
     assert result.history[-1]["test_accuracy"] > 0.1
+
+
+def test_laperm_presets_match_the_reference_settings_and_share_theta0():
+    import jax
+
+    import randjax
+    lp, adam = presets.get_config("laperm_lenet_fmnist"), presets.get_config("adam_lenet_fmnist")
+    common = {"method": "dense", "dataset": "fashion_mnist", "model": "lenet300_100",
+              "use_bias": True, "init": "kaiming_uniform", "optimizer": "adam",
+              "learning_rate": 1e-3, "weight_decay": 0.0, "schedule": "constant",
+              "epochs": 5, "batch_size": 128, "val_fraction": 0.0,
+              "normalize": "standardize", "crop_padding": 0, "flip": False,
+              "drop_remainder": False, "train_limit": None, "lookahead_sync_period": None}
+    assert {k: lp[k] for k in common} == common == {k: adam[k] for k in common}
+    assert (lp.sync_period, lp.laperm_include_1d, lp.reset_inner_state,
+            lp.laperm_eval) == (20, True, False, "synced")
+    assert adam.get("sync_period") is None
+    assert "ihsuy/Train-by-Reconnect" in presets.PRESETS["laperm_lenet_fmnist"].__doc__
+    # Keras he_uniform: U(+-sqrt(6 / fan_in)).
+    w = randjax.init.get(lp.init)(jax.random.key(0), (784, 300))
+    assert float(abs(w).max()) <= math.sqrt(6 / 784) < float(abs(w).max()) * 1.001
+    # The same initial weights: init_state depends on the seed, not the optimizer.
+    states = [randjax.train.init_state(
+        train.make_model(c, 10), randjax.dense(), train.make_optimizer(c, 469),
+        (28, 28, 1), jax.random.key(0)) for c in (lp, adam)]
+    jax.tree.map(np.testing.assert_array_equal, states[0].trainable, states[1].trainable)
+    assert randjax.reconnect.laperm_states(states[0].opt_state)
+    assert not randjax.reconnect.laperm_states(states[1].opt_state)
+    sorted0 = randjax.reconnect.laperm_states(states[0].opt_state)[0].sorted0
+    assert sorted0["Dense_0"]["bias"] is not None  # biases synced too
+    assert hasattr(states[1].opt_state, "hyperparams")  # plain inject_hyperparams(adam)
+
+
+def test_laperm_through_train_and_evaluate_reports_synced_accuracy():
+    import jax.numpy as jnp
+
+    import randjax
+    from experiments.configs import laperm
+    config = laperm.get_config()
+    config.update(epochs=1, train_limit=500, width=0.25, sync_period=3,
+                  laperm_include_1d=True, val_fraction=0.0)
+    result = train.train_and_evaluate(config, None, progress=False)
+    record = result.history[-1]
+    assert result.summary["steps"] == 4 and record["eval_transform"] == "laperm_synced"
+    state = result.state
+    synced = randjax.reconnect.synced_params(state.trainable, state.opt_state)
+    assert not np.array_equal(synced["Dense_0"]["kernel"], state.trainable["Dense_0"]["kernel"])
+    digits = randjax.data.load("digits", val_fraction=0.0)
+    logits = train.make_model(config, 10).apply({"params": synced}, jnp.asarray(digits.test.x))
+    accuracy = float((logits.argmax(-1) == jnp.asarray(digits.test.y)).mean())
+    assert record["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    config.laperm_eval = "current"
+    assert train.make_eval_transform(config) is None
+    config.laperm_eval = "nope"
+    with pytest.raises(ValueError, match="unknown laperm_eval 'nope'"):
+        train.make_eval_transform(config)
+
+
+def test_make_optimizer_laperm_and_lookahead_options():
+    import jax.numpy as jnp
+    import optax
+
+    import randjax
+    from experiments.configs import edge_popup, laperm
+    config = laperm.get_config()
+    config.update(sync_period=5, reset_inner_state=True)
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    state = train.make_optimizer(config, 10).init(params)
+    (lp_state,) = randjax.reconnect.laperm_states(state)
+    assert lp_state.sorted0["b"] is None  # laperm_include_1d=False: kernels only
+    config.lookahead_sync_period = 5
+    with pytest.raises(ValueError, match="not both"):
+        train.make_optimizer(config, 10)
+    config = edge_popup.get_config()
+    config.lookahead_sync_period = 5
+    with pytest.raises(ValueError, match="need method='dense'"):
+        train.make_optimizer(config, 10)
+    config = dense.get_config()
+    config.update(lookahead_sync_period=2, lookahead_step_size=0.5, learning_rate=0.1,
+                  optimizer="sgd", momentum=0.0)
+    tx, rp = train.make_optimizer(config, 10), train.make_reparam(config)
+    trainable, _ = rp.init(None, {"w": jnp.zeros(2)})
+    state = tx.init(trainable)
+    grads = optax.LookaheadParams(fast={"w": jnp.ones(2)}, slow={"w": jnp.zeros(2)})
+    for _ in range(2):
+        updates, state = tx.update(grads, state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+    # Two fast SGD steps of -0.1, then slow = 0 + 0.5 * (-0.2), fast synced to it.
+    np.testing.assert_allclose(trainable.slow["w"], [-0.1, -0.1], rtol=1e-6)
+    np.testing.assert_allclose(trainable.fast["w"], [-0.1, -0.1], rtol=1e-6)
+    assert rp.apply(trainable, None, train=False) is trainable.slow
+
+
+def test_lookahead_preset_through_train_and_evaluate():
+    import optax
+    config = presets.get_config("lookahead_lenet_fmnist")
+    config.update(dataset="digits", epochs=1, width=0.25, train_limit=300)
+    result = train.train_and_evaluate(config, None, progress=False)
+    assert isinstance(result.state.trainable, optax.LookaheadParams)
+    assert result.history[-1]["test_accuracy"] > 0.1
+
+
+def test_benchmark_laperm_reports_amortised_step_and_sync_cost(tmp_path):
+    out_file = tmp_path / "bench.json"
+    out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
+                     "--batch=64", "--steps=10", "--epochs=2", f"--json={out_file}",
+                     "--methods=laperm", "--laperm_sync_period=5")
+    report = json.loads(out_file.read_text())
+    assert list(report["results"]) == ["dense", "laperm"]
+    lp = report["results"]["laperm"]
+    assert lp["sync_period"] == 5 and lp["sync_ms"] > 0 and lp["amortised_ratio"] > 0
+    assert lp["amortised_step_ms"] == lp["block_step_ms"] > 0
+    assert "amortised step" in out

@@ -399,3 +399,20 @@ def test_eight_devices():
     proc = subprocess.run([sys.executable, "-c", MULTIDEVICE], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-4000:]
+
+
+def test_synced_params_projects_onto_permutations_of_theta0():
+    from randjax.reconnect import synced_params
+    _, params = _lenet_params()
+    tx = laperm(optax.adam(1e-2), 1000, include_1d=True)
+    trained, state, _ = _train(tx, 5)
+    synced = synced_params(trained, state)
+    for leaf0, leaf, raw in zip(jax.tree.leaves(params), jax.tree.leaves(synced),
+                                jax.tree.leaves(trained)):
+        cols = lambda x: np.asarray(x).reshape(-1, 1 if x.ndim == 1 else x.shape[-1])
+        np.testing.assert_array_equal(np.sort(cols(leaf), 0), np.sort(cols(leaf0), 0))
+        if leaf.ndim == 2:  # (the zero biases tie: ranks by position there)
+            np.testing.assert_array_equal(ranks(cols(leaf), 0), ranks(cols(raw), 0))
+    # jit gives the same; no LaPerm state: params unchanged.
+    jax.tree.map(np.testing.assert_array_equal, jax.jit(synced_params)(trained, state), synced)
+    assert synced_params(trained, optax.adam(1e-3).init(trained)) is trained

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0
     config.lr_milestones = ()
     config.lr_gamma = 0.1
+    # optax.lookahead around the optimizer when set (slow weights evaluated).
+    config.lookahead_sync_period = config_dict.placeholder(int)
+    config.lookahead_step_size = 0.5
 
     # Loop.
     config.epochs = 10

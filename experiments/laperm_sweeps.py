@@ -1,0 +1,250 @@
+"""LaPerm studies of Qiu & Suda (NeurIPS 2020) at CPU scale.
+
+    python -m experiments.laperm_sweeps \
+        --studies=optimizers,k,pruned,agnostic,ranking \
+        --out_dir=experiments/results/laperm
+
+Each study writes a JSON file of one record per run (written after every
+run, so an interrupted study resumes where it stopped) and a PNG:
+
+* ``optimizers``: LaPerm (Adam inside, sync every ``--sync_period`` steps)
+  against plain Adam and ``optax.lookahead`` (Adam, k=5, alpha 0.5: Zhang et
+  al.'s defaults) from the same initial weights, test accuracy per epoch,
+  for each ``--models`` (paper Fig. 4/6);
+* ``k``: LaPerm's final accuracy against the sync period ``--ks`` on
+  LeNet-300-100, with Adam as a dashed line (Fig. 5a);
+* ``pruned``: LaPerm from initial weights with a fraction ``--prune`` of
+  every kernel randomly zeroed (the first layer keeps >= 80%, as the
+  reference), against Adam from the same pruned weights (Fig. 5f/8);
+* ``agnostic``: the weight-agnostic networks of Sec. 5.5: F1 (784-10, 40%
+  pruned, every remaining weight 0.08) and F2 (784-128-64-10, 93/86/67%
+  pruned per layer, weights 0.03), LaPerm with k=250, test accuracy per
+  epoch (the paper reports ~85.5% and 78.1% on MNIST; here Fashion-MNIST);
+* ``ranking``: how far weights move in rank within their vectors
+  (`randjax.permute.ranking_distance` between consecutive epochs) while
+  LeNet-300-100 trains with SGD, Adam, Adam + dropout 0.5 and Adam + L2
+  (Fig. 3/12), per layer; an "epoch" here is ``--ranking_train_limit``
+  images, so the curve has ``--ranking_epochs`` points.
+
+Every LaPerm run reports accuracy right after a sync (the config's
+``laperm_eval="synced"``). Runs follow the reference's setup
+(`experiments/configs/laperm.py`: He-uniform kernels, zero biases, Adam lr
+1e-3, batch 128, biases included in the sync, as the LaPerm preset), on
+``--dataset`` with no validation split. The budget flags keep all studies
+within about an hour on a 2-core CPU; the paper trains tens of epochs.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+
+import randjax
+from experiments.configs import laperm
+from experiments.sweeps import Records, plot, plot_panels
+
+_STUDIES = flags.DEFINE_list("studies", ["optimizers", "k", "pruned", "agnostic", "ranking"],
+                             "Which studies to run.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results/laperm",
+                               "Where the JSON records and PNGs go.")
+_DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "Data set (randjax.data.load).")
+_MODELS = flags.DEFINE_list("models", ["lenet300_100", "conv7"],
+                            "Models of the optimizer comparison.")
+_SYNC_PERIOD = flags.DEFINE_integer("sync_period", 20, "LaPerm's k outside the k study.")
+_KS = flags.DEFINE_list("ks", ["1", "5", "10", "20", "50", "100", "200", "500", "1000", "2000"],
+                        "Sync periods of the k study.")
+_PRUNE = flags.DEFINE_list("prune", ["0", "0.3", "0.5", "0.7"], "Pruned fractions.")
+_EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs per MLP run.")
+_CONV_EPOCHS = flags.DEFINE_integer("conv_epochs", 2, "Epochs per conv-net run.")
+_CONV_TRAIN_LIMIT = flags.DEFINE_integer(
+    "conv_train_limit", 10_000, "Training images for conv nets (CPU budget); 0: all.")
+_AGNOSTIC_EPOCHS = flags.DEFINE_integer("agnostic_epochs", 10, "Epochs of F1 and F2.")
+_RANKING_EPOCHS = flags.DEFINE_integer("ranking_epochs", 20, "Points of the ranking curves.")
+_RANKING_TRAIN_LIMIT = flags.DEFINE_integer("ranking_train_limit", 6_000,
+                                            "Images per ranking 'epoch'.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+
+_LENET = "lenet300_100"
+_MLPS = (_LENET, "f1", "f2")
+
+
+def run_config(method: str, model: str, **overrides) -> ml_collections.ConfigDict:
+    """One run's config: ``laperm``, ``adam`` or ``lookahead``, the budget, overrides."""
+    config = laperm.get_config()
+    conv = model not in _MLPS
+    config.update(dataset=_DATASET.value, val_fraction=0.0, model=model,
+                  laperm_include_1d=True, epochs=_EPOCHS.value if model in _MLPS
+                  else _CONV_EPOCHS.value,
+                  train_limit=(_CONV_TRAIN_LIMIT.value or None) if conv else None,
+                  seed=_SEED.value)
+    if model == _LENET:
+        config.use_bias = True  # the LaPerm preset's LeNet
+    if method != "laperm":
+        config.sync_period = None
+    if method == "lookahead":
+        config.update(lookahead_sync_period=5, lookahead_step_size=0.5)
+    config.update(**overrides)
+    return config
+
+
+def _initial(transform) -> randjax.Reparam:
+    """Dense training from ``transform(key, model_params)`` (pruned, shared value)."""
+    base = randjax.dense()
+
+    def init(key, params):
+        return base.init(key, transform(key, params))
+
+    return randjax.Reparam(init, base.apply)
+
+
+def _run(records: Records, name: str, method: str, model: str, *, transform=None,
+         fit_kwargs=None, measure=None, **overrides) -> dict:
+    config = run_config(method, model, **overrides)
+    if transform is not None:
+        fit_kwargs = {**(fit_kwargs or {}), "reparam": _initial(transform)}
+    return records.run(name, config, measure=measure, fit_kwargs=fit_kwargs,
+                       method=method, model=model, **overrides)
+
+
+def _curve(row) -> list[tuple[int, float]]:
+    return list(enumerate(row["test_accuracy_per_epoch"], 1))
+
+
+def optimizers_study(out: pathlib.Path):
+    records = Records(out / "optimizers.json")
+    panels = {}
+    for model in _MODELS.value:
+        series = {opt: _curve(_run(records, f"{model}/{opt}", opt, model))
+                  for opt in ("laperm", "adam", "lookahead")}
+        panels[model] = (series, {})
+        plot_panels(out / "optimizers.png", panels, "epoch")
+
+
+def k_study(out: pathlib.Path):
+    records = Records(out / "k.json")
+    series = {"LaPerm (Adam inside)": [
+        (int(k), _run(records, f"k/{k}", "laperm", _LENET, sync_period=int(k))
+         ["test_accuracy"]) for k in _KS.value]}
+    adam = _run(records, "adam", "adam", _LENET)["test_accuracy"]
+    plot(out / "k.png", f"LeNet-300-100 on {_DATASET.value}: sync period", series,
+         {"Adam": adam}, "sync period k", "log")
+
+
+def _pruned(fraction: float):
+    def transform(key, params):
+        if fraction == 0:
+            return params
+        return randjax.init.random_prune(jax.random.fold_in(key, 7), params, 1 - fraction)
+
+    return transform
+
+
+def pruned_study(out: pathlib.Path):
+    records = Records(out / "pruned.json")
+    series = {opt: [(float(p), _run(records, f"{opt}/{p}", opt, _LENET,
+                                    transform=_pruned(float(p)))["test_accuracy"])
+                    for p in _PRUNE.value]
+              for opt in ("laperm", "adam")}
+    plot(out / "pruned.png", f"LeNet-300-100 on {_DATASET.value}: pruned init", series, {},
+         "fraction of initial weights pruned")
+
+
+def _layer(name: str):
+    return lambda path, leaf: leaf.ndim >= 2 and name in str(path)
+
+
+def _agnostic(densities: tuple[float, ...], value: float):
+    """Prune layer ``Dense_i`` to ``densities[i]``, then one shared value."""
+
+    def transform(key, params):
+        for i, density in enumerate(densities):
+            params = randjax.init.random_prune(
+                jax.random.fold_in(key, i), params, density, input_density=0.0,
+                filter=_layer(f"Dense_{i}"))
+        return randjax.init.shared_value(params, value)
+
+    return transform
+
+
+def agnostic_study(out: pathlib.Path):
+    records = Records(out / "agnostic.json")
+    networks = {"F1": ("f1", (0.6,), 0.08), "F2": ("f2", (0.07, 0.14, 0.33), 0.03)}
+    series = {}
+    for name, (model, densities, value) in networks.items():
+        row = _run(records, name, "laperm", model, transform=_agnostic(densities, value),
+                   sync_period=250, epochs=_AGNOSTIC_EPOCHS.value, use_bias=False)
+        series[f"{name} (value {value}, kept {'/'.join(map(str, densities))})"] = _curve(row)
+    plot(out / "agnostic.png", f"weight-agnostic LaPerm on {_DATASET.value}", series, {},
+         "epoch")
+
+
+class _RankingMonitor:
+    """An epoch hook: each kernel's ranking distance since the previous epoch."""
+
+    def __init__(self):
+        self.previous = None
+
+    def __call__(self, epoch, state):
+        del epoch
+        kernels = {jax.tree_util.keystr(path): leaf for path, leaf in
+                   jax.tree_util.tree_flatten_with_path(state.trainable)[0]
+                   if leaf.ndim >= 2}
+        record = {}
+        if self.previous is not None:
+            for name, kernel in kernels.items():
+                mean, std = randjax.permute.ranking_distance(self.previous[name], kernel)
+                record[f"ranking{name}"] = [float(mean), float(std)]
+        self.previous = {name: jax.numpy.copy(k) for name, k in kernels.items()}
+        return record
+
+
+def _ranking_curves(result) -> dict:
+    names = sorted({k for r in result.history for k in r if k.startswith("ranking")})
+    return {"ranking_distance": {
+        name: [r.get(name) for r in result.history] for name in names}}
+
+
+def ranking_study(out: pathlib.Path):
+    records = Records(out / "ranking.json")
+    runs = {"SGD": ("adam", {"optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0}),
+            "Adam": ("adam", {}),
+            "Adam + dropout 0.5": ("adam", {"dropout": 0.5}),
+            "Adam + L2 1e-4": ("adam", {"weight_decay": 1e-4})}
+    curves = {}
+    for label, (method, overrides) in runs.items():
+        row = _run(records, label, method, _LENET, measure=_ranking_curves,
+                   fit_kwargs={"epoch_hook": _RankingMonitor()},
+                   epochs=_RANKING_EPOCHS.value,
+                   train_limit=_RANKING_TRAIN_LIMIT.value, **overrides)
+        curves[label] = row["ranking_distance"]
+    layers = sorted(next(iter(curves.values())))
+    panels = {layer.removeprefix("ranking"): (
+        {label: [(epoch, value[0]) for epoch, value in enumerate(curve[layer], 1)
+                 if value is not None] for label, curve in curves.items()}, {})
+        for layer in layers}
+    plot_panels(out / "ranking.png", panels, f"epoch ({_RANKING_TRAIN_LIMIT.value} images)",
+                ylabel="mean ranking distance")
+
+
+STUDIES = {"optimizers": optimizers_study, "k": k_study, "pruned": pruned_study,
+           "agnostic": agnostic_study, "ranking": ranking_study}
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    unknown = set(_STUDIES.value) - set(STUDIES)
+    if unknown:
+        raise app.UsageError(f"unknown --studies {sorted(unknown)}; choose from {list(STUDIES)}")
+    out = pathlib.Path(_OUT_DIR.value)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _STUDIES.value:
+        STUDIES[name](out)
+        print(f"wrote {out / name}.json and .png", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
