@@ -189,20 +189,20 @@ class _RankingMonitor:
 
     def __call__(self, epoch, state):
         del epoch
-        kernels = {jax.tree_util.keystr(path): leaf for path, leaf in
+        kernels = {"/".join(str(k.key) for k in path): leaf for path, leaf in
                    jax.tree_util.tree_flatten_with_path(state.trainable)[0]
                    if leaf.ndim >= 2}
         record = {}
         if self.previous is not None:
             for name, kernel in kernels.items():
                 mean, std = randjax.permute.ranking_distance(self.previous[name], kernel)
-                record[f"ranking{name}"] = [float(mean), float(std)]
+                record[f"ranking/{name}"] = [float(mean), float(std)]
         self.previous = {name: jax.numpy.copy(k) for name, k in kernels.items()}
         return record
 
 
 def _ranking_curves(result) -> dict:
-    names = sorted({k for r in result.history for k in r if k.startswith("ranking")})
+    names = sorted({k for r in result.history for k in r if k.startswith("ranking/")})
     return {"ranking_distance": {
         name: [r.get(name) for r in result.history] for name in names}}
 
@@ -221,7 +221,7 @@ def ranking_study(out: pathlib.Path):
                    train_limit=_RANKING_TRAIN_LIMIT.value, **overrides)
         curves[label] = row["ranking_distance"]
     layers = sorted(next(iter(curves.values())))
-    panels = {layer.removeprefix("ranking"): (
+    panels = {layer.removeprefix("ranking/"): (
         {label: [(epoch, value[0]) for epoch, value in enumerate(curve[layer], 1)
                  if value is not None] for label, curve in curves.items()}, {})
         for layer in layers}

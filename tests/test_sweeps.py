@@ -40,3 +40,22 @@ def test_slot_sweeps_write_records_and_figures(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     out = run_module(*args)  # everything recorded: nothing trains again
     assert ": test " not in out and "memory: " not in out
+
+
+def test_laperm_sweeps_write_records_and_figures(tmp_path):
+    run_module("experiments.laperm_sweeps", "--dataset=digits", "--models=lenet300_100",
+               "--ks=20", "--prune=0,0.5", "--epochs=2", "--agnostic_epochs=1",
+               "--ranking_epochs=3", "--ranking_train_limit=300", f"--out_dir={tmp_path}")
+    optimizers = _rows(tmp_path / "optimizers.json")
+    assert set(optimizers) == {f"lenet300_100/{m}" for m in ("laperm", "adam", "lookahead")}
+    assert optimizers["lenet300_100/laperm"]["test_accuracy"] > 0.5  # chance: 0.1
+    assert _rows(tmp_path / "k.json")["k/20"]["sync_period"] == 20
+    assert set(_rows(tmp_path / "pruned.json")) == {"laperm/0", "laperm/0.5", "adam/0",
+                                                    "adam/0.5"}
+    assert set(_rows(tmp_path / "agnostic.json")) == {"F1", "F2"}
+    curves = _rows(tmp_path / "ranking.json")["Adam"]["ranking_distance"]
+    assert sorted(curves) == [f"ranking/Dense_{i}/kernel" for i in range(3)]
+    for curve in curves.values():  # nothing to compare with before the first epoch
+        assert curve[0] is None and all(mean > 0 and std > 0 for mean, std in curve[1:])
+    for name in ("optimizers", "k", "pruned", "agnostic", "ranking"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
