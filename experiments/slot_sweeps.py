@@ -115,12 +115,16 @@ def _ks(values) -> list[int]:
 
 
 def k_study(out: pathlib.Path):
+    """Runs ``--ks`` x ``--modes`` per model; plots every K recorded so far."""
     records = Records(out / "k.json")
     panels = {}
     for model in _MODELS.value:
         baseline = _dense_run(records, f"{model}/dense", model)["test_accuracy"]
-        series = {mode: [(k, _slot_run(records, f"{model}/{mode}/{k}", model, k, mode)
-                          ["test_accuracy"]) for k in _ks(_KS.value)]
+        for mode in _MODES.value:
+            for k in _ks(_KS.value):
+                _slot_run(records, f"{model}/{mode}/{k}", model, k, mode)
+        series = {mode: [(row["k"], row["test_accuracy"]) for row in records.rows
+                         if row["model"] == model and row.get("selection") == mode]
                   for mode in _MODES.value}
         panels[model] = (series, {model: baseline})
         plot_panels(out / "k.png", panels, "options per connection K", "log2")

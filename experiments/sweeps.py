@@ -99,6 +99,9 @@ def plot_panels(path: pathlib.Path, panels: dict, xlabel: str, xscale: str = "li
             ax.xaxis.set_minor_locator(ticker.NullLocator())
         else:
             ax.set_xscale(xscale)
+            if xscale == "linear" and all(isinstance(x, int) for pts in series.values()
+                                          for x, _ in pts):
+                ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -12,14 +12,7 @@ from experiments import quickstart, train
 from experiments.configs import dense, presets
 
 
-def run_module(*args, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
-
-
-def test_cli_trains_then_resumes_and_extends(tmp_path):
+def test_cli_trains_then_resumes_and_extends(tmp_path, run_module):
     base = ["experiments.train", "--config=experiments/configs/dense.py",
             "--config.model=lenet300_100", "--config.width=0.25",
             f"--workdir={tmp_path}"]
@@ -35,7 +28,7 @@ def test_cli_trains_then_resumes_and_extends(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["width"] == 0.25
 
 
-def test_cli_refuses_a_workdir_of_another_config(tmp_path):
+def test_cli_refuses_a_workdir_of_another_config(tmp_path, run_module):
     base = ["experiments.train", "--config=experiments/configs/dense.py",
             "--config.epochs=1", f"--workdir={tmp_path}"]
     run_module(*base, "--config.width=0.25")
@@ -44,7 +37,7 @@ def test_cli_refuses_a_workdir_of_another_config(tmp_path):
     assert proc.returncode != 0 and "different config (keys ['width'])" in proc.stderr
 
 
-def test_preset_through_the_cli(tmp_path):
+def test_preset_through_the_cli(tmp_path, run_module):
     out = run_module("experiments.train",
                      "--config=experiments/configs/presets.py:dense_lenet_fmnist",
                      "--config.dataset=digits", "--config.epochs=1", f"--workdir={tmp_path}")
@@ -95,22 +88,6 @@ def test_methods_through_train_and_evaluate(method):
     config.update(method=method, train_limit=0)
     with pytest.raises(ValueError, match="train_limit must be >= 1"):
         train.train_and_evaluate(config, None, progress=False)
-
-
-def test_edge_popup_sweeps_write_json_and_png(tmp_path):
-    run_module("experiments.edge_popup_sweeps", "--dataset=digits", "--sweeps=supermask",
-               "--densities=0.1,0.5", "--epochs=2", f"--out_dir={tmp_path}")
-    rows = {r["name"]: r for r in json.loads((tmp_path / "supermask.json").read_text())}
-    assert set(rows) == {"edge_popup/0.1", "edge_popup/0.5", "supermask", "dense"}
-    assert all(len(r["test_accuracy_per_epoch"]) == 2 for r in rows.values())
-    assert rows["edge_popup/0.5"]["test_accuracy"] > 0.5  # chance: 0.1
-    assert 0 < rows["supermask"]["expected_density"] < 1
-    assert (tmp_path / "supermask.png").stat().st_size > 10_000
-    # A second call finds every run done and only redraws.
-    out = run_module("experiments.edge_popup_sweeps", "--dataset=digits",
-                     "--sweeps=supermask", "--densities=0.1,0.5", "--epochs=2",
-                     f"--out_dir={tmp_path}")
-    assert ": test " not in out and "wrote" in out
 
 
 def test_schedules():
@@ -164,7 +141,7 @@ def test_quickstart_table():
     assert table[0].split() == list(rows[0]) and len(table) == 3
 
 
-def test_benchmark_reports_json(tmp_path):
+def test_benchmark_reports_json(tmp_path, run_module):
     out_file = tmp_path / "bench.json"
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
                      "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}",
@@ -180,7 +157,7 @@ def test_benchmark_reports_json(tmp_path):
     assert "step_ms" in out and "overhead" in out
 
 
-def test_benchmark_selection_mode():
+def test_benchmark_selection_mode(run_module):
     out = run_module("experiments.benchmark", "--select_size=50000", "--steps=3")
     report = json.loads(out[out.index("{"):])
     assert report["size"] == 50000 and report["speedup"] > 0
@@ -188,9 +165,10 @@ def test_benchmark_selection_mode():
 
 
 def test_plot_writes_curves(tmp_path):
-    from experiments import plot
-    import randjax
     import optax
+
+    import randjax
+    from experiments import plot
     from randjax import data, models
     run = tmp_path / "run"
     randjax.fit(models.get("lenet300_100", width=0.25), data.load("digits"), optax.adam(1e-3),
@@ -202,7 +180,7 @@ def test_plot_writes_curves(tmp_path):
         plot.read_metrics(tmp_path / "nothing")
 
 
-def test_cli_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path):
+def test_cli_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path, run_module):
     import signal
     import time
     args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/dense.py",
@@ -357,7 +335,7 @@ def test_lookahead_preset_through_train_and_evaluate():
     assert result.history[-1]["test_accuracy"] > 0.1
 
 
-def test_benchmark_laperm_reports_amortised_step_and_sync_cost(tmp_path):
+def test_benchmark_laperm_reports_amortised_step_and_sync_cost(tmp_path, run_module):
     out_file = tmp_path / "bench.json"
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
                      "--batch=64", "--steps=10", "--epochs=2", f"--json={out_file}",

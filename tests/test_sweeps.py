@@ -1,22 +1,13 @@
 """The study scripts: records, resumption, figures (tiny budgets on digits)."""
 
 import json
-import subprocess
-import sys
-
-
-def run_module(*args, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout
 
 
 def _rows(path):
     return {r["name"]: r for r in json.loads(path.read_text())}
 
 
-def test_slot_sweeps_write_records_and_figures(tmp_path):
+def test_slot_sweeps_write_records_and_figures(tmp_path, run_module):
     args = ["experiments.slot_sweeps", "--dataset=digits", "--models=lenet300_100",
             "--ks=2,8", "--epochs=2", "--memory_models=lenet300_100", "--memory_ks=8",
             f"--out_dir={tmp_path}"]
@@ -42,13 +33,17 @@ def test_slot_sweeps_write_records_and_figures(tmp_path):
     assert ": test " not in out and "memory: " not in out
 
 
-def test_laperm_sweeps_write_records_and_figures(tmp_path):
+def test_laperm_sweeps_write_records_and_figures(tmp_path, run_module):
     run_module("experiments.laperm_sweeps", "--dataset=digits", "--models=lenet300_100",
                "--ks=20", "--prune=0,0.5", "--epochs=2", "--agnostic_epochs=1",
                "--ranking_epochs=3", "--ranking_train_limit=300", f"--out_dir={tmp_path}")
     optimizers = _rows(tmp_path / "optimizers.json")
     assert set(optimizers) == {f"lenet300_100/{m}" for m in ("laperm", "adam", "lookahead")}
-    assert optimizers["lenet300_100/laperm"]["test_accuracy"] > 0.5  # chance: 0.1
+    laperm = optimizers["lenet300_100/laperm"]
+    assert laperm["test_accuracy"] > 0.5  # chance: 0.1
+    # 64-long kernel columns fit uint8 (4x smaller than float32); Lehmer codes
+    # are smaller still.
+    assert 3 < laperm["export_ratio_indices"] < laperm["export_ratio_lehmer"]
     assert _rows(tmp_path / "k.json")["k/20"]["sync_period"] == 20
     assert set(_rows(tmp_path / "pruned.json")) == {"laperm/0", "laperm/0.5", "adam/0",
                                                     "adam/0.5"}
@@ -59,3 +54,19 @@ def test_laperm_sweeps_write_records_and_figures(tmp_path):
         assert curve[0] is None and all(mean > 0 and std > 0 for mean, std in curve[1:])
     for name in ("optimizers", "k", "pruned", "agnostic", "ranking"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_edge_popup_sweeps_write_json_and_png(tmp_path, run_module):
+    run_module("experiments.edge_popup_sweeps", "--dataset=digits", "--sweeps=supermask",
+               "--densities=0.1,0.5", "--epochs=2", f"--out_dir={tmp_path}")
+    rows = {r["name"]: r for r in json.loads((tmp_path / "supermask.json").read_text())}
+    assert set(rows) == {"edge_popup/0.1", "edge_popup/0.5", "supermask", "dense"}
+    assert all(len(r["test_accuracy_per_epoch"]) == 2 for r in rows.values())
+    assert rows["edge_popup/0.5"]["test_accuracy"] > 0.5  # chance: 0.1
+    assert 0 < rows["supermask"]["expected_density"] < 1
+    assert (tmp_path / "supermask.png").stat().st_size > 10_000
+    # A second call finds every run done and only redraws.
+    out = run_module("experiments.edge_popup_sweeps", "--dataset=digits",
+                     "--sweeps=supermask", "--densities=0.1,0.5", "--epochs=2",
+                     f"--out_dir={tmp_path}")
+    assert ": test " not in out and "wrote" in out
