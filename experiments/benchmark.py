@@ -24,7 +24,7 @@ parameters): its median single step is a step without a sync, so it also
 reports the *amortised* step, ``amortised_step_ms``: the median time of
 ``--laperm_sync_period`` consecutive steps (one of them a sync) over their
 number, timed in turn with the same block of plain steps
-(``amortised_ratio``, the issue's target is <= 1.03 at k >= 20), and
+(``amortised_ratio``), and
 ``sync_ms``, one jitted `randjax.permute.sync` of the model's parameters.
 """
 
