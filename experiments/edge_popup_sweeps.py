@@ -30,10 +30,10 @@ import pathlib
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments.configs import dense, edge_popup, supermask
-from experiments.sweeps import Records, plot
+from experiments.sweeps import Records, plot, run_studies
 
 _SWEEPS = flags.DEFINE_list("sweeps", ["density", "width", "init", "supermask"],
                             "Which studies to run.")
@@ -142,15 +142,7 @@ SWEEPS = {"density": density_sweep, "width": width_sweep, "init": init_sweep,
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    unknown = set(_SWEEPS.value) - set(SWEEPS)
-    if unknown:
-        raise app.UsageError(f"unknown --sweeps {sorted(unknown)}; choose from {list(SWEEPS)}")
-    out = pathlib.Path(_OUT_DIR.value)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _SWEEPS.value:
-        SWEEPS[name](out)
-        print(f"wrote {out / name}.json and .png", flush=True)
+    run_studies(SWEEPS, _SWEEPS.value, _OUT_DIR.value, "sweeps")
 
 
 if __name__ == "__main__":

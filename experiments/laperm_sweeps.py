@@ -42,12 +42,12 @@ import tempfile
 
 import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 
 import randjax
 from experiments import train
 from experiments.configs import laperm
-from experiments.sweeps import Records, plot, plot_panels
+from experiments.sweeps import Records, dense_from, plot, plot_panels, run_studies
 from randjax import data as data_lib
 
 _STUDIES = flags.DEFINE_list("studies", ["optimizers", "k", "pruned", "agnostic", "ranking"],
@@ -95,21 +95,11 @@ def run_config(method: str, model: str, **overrides) -> ml_collections.ConfigDic
     return config
 
 
-def _initial(transform) -> randjax.Reparam:
-    """Dense training from ``transform(key, model_params)`` (pruned, shared value)."""
-    base = randjax.dense()
-
-    def init(key, params):
-        return base.init(key, transform(key, params))
-
-    return randjax.Reparam(init, base.apply)
-
-
 def _run(records: Records, name: str, method: str, model: str, *, transform=None,
          fit_kwargs=None, measure=None, **overrides) -> dict:
     config = run_config(method, model, **overrides)
     if transform is not None:
-        fit_kwargs = {**(fit_kwargs or {}), "reparam": _initial(transform)}
+        fit_kwargs = {**(fit_kwargs or {}), "reparam": dense_from(transform)}
     return records.run(name, config, measure=measure, fit_kwargs=fit_kwargs,
                        method=method, model=model, **overrides)
 
@@ -279,15 +269,7 @@ STUDIES = {"optimizers": optimizers_study, "k": k_study, "pruned": pruned_study,
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    unknown = set(_STUDIES.value) - set(STUDIES)
-    if unknown:
-        raise app.UsageError(f"unknown --studies {sorted(unknown)}; choose from {list(STUDIES)}")
-    out = pathlib.Path(_OUT_DIR.value)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _STUDIES.value:
-        STUDIES[name](out)
-        print(f"wrote {out / name}.json and .png", flush=True)
+    run_studies(STUDIES, _STUDIES.value, _OUT_DIR.value, "studies")
 
 
 if __name__ == "__main__":

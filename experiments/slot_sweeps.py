@@ -40,12 +40,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app, flags, logging
+from absl import app, flags
 
 import randjax
 from experiments import train
 from experiments.configs import dense, slot_machine
-from experiments.sweeps import Records, plot, plot_panels, result_row
+from experiments.sweeps import (
+    Records,
+    dense_from,
+    plot,
+    plot_panels,
+    result_row,
+    run_studies,
+)
 from randjax import data as data_lib
 from randjax import models
 
@@ -145,17 +152,6 @@ def sharing_study(out: pathlib.Path):
          series, {"LeNet-300-100": baseline}, "options per connection K", "log2")
 
 
-def _start_from(params) -> randjax.Reparam:
-    """Dense training that starts from ``params`` instead of the model's init."""
-    base = randjax.dense()
-
-    def init(key, model_params):
-        jax.tree.map(lambda a, b: None, model_params, params)  # same structure
-        return base.init(key, params)
-
-    return randjax.Reparam(init, base.apply)
-
-
 def finetune_study(out: pathlib.Path):
     records = Records(out / "finetune.json")
     epochs = _EPOCHS.value
@@ -169,7 +165,7 @@ def finetune_study(out: pathlib.Path):
                                        state.frozen)
         config = run_config("dense", _LENET)
         result = train.train_and_evaluate(config, None, progress=False,
-                                          reparam=_start_from(start))
+                                          reparam=dense_from(lambda key, params: start))
         records.add(result_row("finetuned", config, result))
     scratch = _dense_run(records, "dense", _LENET, epochs=2 * epochs)
     slots, tuned = records.get("slots"), records.get("finetuned")
@@ -237,15 +233,7 @@ STUDIES = {"k": k_study, "sharing": sharing_study, "finetune": finetune_study,
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    unknown = set(_STUDIES.value) - set(STUDIES)
-    if unknown:
-        raise app.UsageError(f"unknown --studies {sorted(unknown)}; choose from {list(STUDIES)}")
-    out = pathlib.Path(_OUT_DIR.value)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in _STUDIES.value:
-        STUDIES[name](out)
-        print(f"wrote {out / name}.json", flush=True)
+    run_studies(STUDIES, _STUDIES.value, _OUT_DIR.value, "studies")
 
 
 if __name__ == "__main__":

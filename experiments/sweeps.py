@@ -1,8 +1,10 @@
-"""What every sweep script shares: resumable JSON records and line plots.
+"""What every sweep script shares: resumable JSON records, plots, the main loop.
 
 `Records` keeps one sweep's results as a JSON list, one record per run,
 written after every run: a sweep that is interrupted and started again skips
-the runs it has. `plot` draws accuracy lines with dashed baselines.
+the runs it has. `plot` draws accuracy lines with dashed baselines;
+`dense_from` starts dense training from transformed weights; `run_studies`
+is every sweep script's ``main``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import ml_collections
+from absl import app, logging
 from matplotlib import ticker
 
+import randjax
 from experiments import train
 
 
@@ -107,3 +112,33 @@ def plot_panels(path: pathlib.Path, panels: dict, xlabel: str, xscale: str = "li
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def dense_from(transform: Callable[[Any, Any], Any]) -> randjax.Reparam:
+    """Dense training from ``transform(key, model_params)`` instead of the init.
+
+    ``transform`` returns parameters of the model's structure: pruned or
+    single-valued initial weights, or trained weights to fine-tune.
+    """
+    base = randjax.dense()
+
+    def init(key, params):
+        start = transform(key, params)
+        jax.tree.map(lambda a, b: None, params, start)  # raises on another structure
+        return base.init(key, start)
+
+    return randjax.Reparam(init, base.apply)
+
+
+def run_studies(studies: dict[str, Callable[[pathlib.Path], None]], names: list[str],
+                out_dir: str, flag: str = "studies"):
+    """Runs ``studies[name](out)`` for each of ``names`` (``--flag``) into ``out_dir``."""
+    logging.set_verbosity(logging.WARNING)
+    unknown = set(names) - set(studies)
+    if unknown:
+        raise app.UsageError(f"unknown --{flag} {sorted(unknown)}; choose from {list(studies)}")
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        studies[name](out)
+        print(f"wrote {out / name}.json and its figure", flush=True)

@@ -219,6 +219,19 @@ _METHODS = {"edge_popup": (_edge_popup_save, _edge_popup_load),
 # The file.
 
 
+def _write(path, spec: dict, leaves: list[dict], arrays: dict,
+           num_params: int) -> ExportInfo:
+    """Writes ``arrays`` and the JSON header to ``path`` (``.npz`` appended if missing)."""
+    header = {"format": FORMAT, "spec": spec, "leaves": leaves}
+    arrays["spec"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    np.savez_compressed(path, **arrays)
+    size = os.path.getsize(path)
+    return ExportInfo(path, size, 4 * num_params, 4 * num_params / size)
+
+
 def save(path: str | os.PathLike, reparam: reparam_lib.Reparam, trainable: PyTree,
          frozen: PyTree, *, key: jax.Array | None = None) -> ExportInfo:
     """Saves a network as keys, the method's spec and its per-connection choices.
@@ -301,14 +314,7 @@ def save(path: str | os.PathLike, reparam: reparam_lib.Reparam, trainable: PyTre
         leaves.append(dict(index=i, path=p, shape=list(shape), dtype=str(dtype),
                            masked=masked))
         num_params += math.prod(shape)
-    header = dict(format=FORMAT, spec=spec, leaves=leaves)
-    arrays["spec"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    np.savez_compressed(path, **arrays)
-    size = os.path.getsize(path)
-    return ExportInfo(path, size, 4 * num_params, 4 * num_params / size)
+    return _write(path, spec, leaves, arrays, num_params)
 
 
 def load(path: str | os.PathLike) -> PyTree:
@@ -577,14 +583,7 @@ def save_permuted(path: str | os.PathLike, params: PyTree, model, key: jax.Array
         header_leaves.append({"index": i, "path": p, "shape": list(leaf.shape),
                               "dtype": str(leaf.dtype), "permuted": permuted})
         num_params += leaf.size
-    header = {"format": FORMAT, "spec": spec, "leaves": header_leaves}
-    arrays["spec"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    np.savez_compressed(path, **arrays)
-    size = os.path.getsize(path)
-    return ExportInfo(path, size, 4 * num_params, 4 * num_params / size)
+    return _write(path, spec, header_leaves, arrays, num_params)
 
 
 def _load_permuted(header: dict, arrays: dict) -> PyTree:

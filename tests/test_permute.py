@@ -169,3 +169,29 @@ def test_find_permutation_recovers_known_permutation():
         [0, 2, 1])
     with pytest.raises(ValueError, match="shapes differ"):
         find_permutation(jnp.ones(3), jnp.ones(4))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16, np.int32, np.int8,
+                                   np.uint8, np.uint32])
+@pytest.mark.parametrize("shape,axis", [((784, 30), 0), ((3, 2, 9), 1), ((1,), 0),
+                                        ((40_000, 2), 0)])   # 3 radix passes
+def test_ranks_match_numpy_stable_sort_across_dtypes(dtype, shape, axis):
+    # Full-range values with many ties: every 32-bit digit of the radix
+    # passes matters, and ties must keep their positions.
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, shape, dtype=np.int64, endpoint=True)
+        x[..., ::3] = x[..., :1]
+        x = jnp.asarray(x.astype(dtype))
+    else:
+        x = rng.standard_normal(shape) * rng.choice([1e-3, 1.0, 1e3], shape)
+        x[..., ::3], x[..., 1::4], x[..., 2::5], x[..., ::7] = 0.0, -0.0, np.inf, -np.inf
+        x[..., 5::11] = x[..., :1]
+        x = jnp.asarray(x, dtype)
+    reference = np.asarray(x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x)
+    order = np.argsort(reference, axis=axis, kind="stable")
+    want = np.empty_like(order)
+    np.put_along_axis(want, order, np.arange(shape[axis]).reshape(
+        [-1 if a == axis else 1 for a in range(len(shape))]), axis=axis)
+    np.testing.assert_array_equal(np.asarray(ranks(x, axis)), want)
