@@ -67,6 +67,10 @@ def _unsigned_key(x: jax.Array) -> jax.Array | None:
     return key.astype(jnp.uint32)
 
 
+def _index_bits(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
 def _radix_argsort(key: jax.Array) -> jax.Array:
     """Stable argsort of uint32 ``key`` along its last axis, by int32 sorts.
 
@@ -75,10 +79,10 @@ def _radix_argsort(key: jax.Array) -> jax.Array:
     is an LSD radix sort whose passes are single-operand sorts of
     ``digit << b | position`` (``b`` bits hold a position): each pass is
     stable by construction, and two passes cover 32 key bits while rows
-    have at most 2**15 elements.
+    have at most 2**15 elements. `_argsort_last` needs it only for long
+    rows and where its one-sort path cannot finish.
     """
-    n = key.shape[-1]
-    index_bits = max(1, (n - 1).bit_length())
+    index_bits = _index_bits(key.shape[-1])
     digit_bits = 31 - index_bits
     position = jax.lax.broadcasted_iota(jnp.int32, key.shape, key.ndim - 1)
     order = None
@@ -91,12 +95,92 @@ def _radix_argsort(key: jax.Array) -> jax.Array:
     return order
 
 
+def _in_order(key_a, order_a, key_b, order_b) -> jax.Array:
+    """Whether (key_a, order_a) comes before (key_b, order_b)."""
+    return (key_a < key_b) | ((key_a == key_b) & (order_a < order_b))
+
+
+def _coarse_rank_key(x: jax.Array, key: jax.Array, bits: int) -> jax.Array:
+    """int32 in ``[0, 2**bits)``, non-decreasing in ``x`` along the last axis.
+
+    Each row's finite range is cut into ``2**bits`` equal steps (``bits <=
+    24``, which float32 counts exactly). Rounded float32 arithmetic is
+    monotone, so the result never inverts the order of ``x``; it may only
+    tie close values. Infinities and NaNs, which sort below or above every
+    finite value (see `_sort_key`), go to the ends.
+    """
+    v = x.astype(jnp.float32)
+    finite = jnp.isfinite(v)
+    low = jnp.min(jnp.where(finite, v, jnp.inf), axis=-1, keepdims=True)
+    high = jnp.max(jnp.where(finite, v, -jnp.inf), axis=-1, keepdims=True)
+    top = (1 << bits) - 1
+    scale = jnp.where(high > low, top / (high - low), 0.0)
+    steps = jnp.where(scale > 0, (v - low) * scale, 0.0)   # 0 * inf would be NaN
+    ends = jnp.where(key >> 31 == 1, top, 0)               # +inf, +NaN: top
+    return jnp.where(finite, jnp.clip(jnp.floor(steps), 0, top), ends).astype(jnp.int32)
+
+
+def _swap_inverted_pairs(key: jax.Array, order: jax.Array):
+    """Swaps every adjacent pair that is out of (key, order) order, all at once."""
+    inverted = ~_in_order(key[..., :-1], order[..., :-1], key[..., 1:], order[..., 1:])
+    no = jnp.zeros((*inverted.shape[:-1], 1), bool)
+    take_next = jnp.concatenate([inverted, no], axis=-1)
+    take_previous = jnp.concatenate([no, inverted], axis=-1)
+
+    def swap(a):
+        return jnp.where(take_next, jnp.roll(a, -1, axis=-1),
+                         jnp.where(take_previous, jnp.roll(a, 1, axis=-1), a))
+
+    return swap(key), swap(order)
+
+
+def _one_sort_argsort(x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One-sort argsort along the last axis, and whether it is exact.
+
+    One int32 sort of ``coarse << b | position`` (``b`` bits hold a
+    position, `_coarse_rank_key` fills the other ``31 - b``) orders the
+    elements up to ties of the coarse key. For weight vectors such ties
+    are rare (784-long uniform vectors: ~0.15 per vector) and come in
+    pairs, so one simultaneous swap of the inverted adjacent pairs by the
+    full (key, position) order finishes the sort; a pass over adjacent
+    pairs then checks that the whole result is in order.
+
+    Returns:
+        ``(order, exact)``: the stable argsort whenever ``exact`` (one bool
+        over all rows) is true.
+    """
+    index_bits = _index_bits(key.shape[-1])
+    coarse = _coarse_rank_key(x, key, min(31 - index_bits, 24))
+    position = jax.lax.broadcasted_iota(jnp.int32, key.shape, key.ndim - 1)
+    order = jnp.sort((coarse << index_bits) | position, axis=-1) & ((1 << index_bits) - 1)
+    ordered, order = _swap_inverted_pairs(jnp.take_along_axis(key, order, axis=-1), order)
+    exact = _in_order(ordered[..., :-1], order[..., :-1], ordered[..., 1:], order[..., 1:])
+    return order, jnp.all(exact)
+
+
+# Up to this length the coarse key has >= 21 bits: >= 2,000 steps per element.
+_ONE_SORT_MAX_LENGTH = 1 << 10
+
+
+def _argsort_last(x: jax.Array, key: jax.Array) -> jax.Array:
+    """Stable argsort along the last axis of ``x``, whose uint32 sort key is ``key``.
+
+    Short rows take one sort and a fix-up (`_one_sort_argsort`); the radix
+    sort runs only when the fix-up could not order them.
+    """
+    if key.shape[-1] > _ONE_SORT_MAX_LENGTH:
+        return _radix_argsort(key)
+    order, exact = _one_sort_argsort(x, key)
+    return jax.lax.cond(exact, lambda: order, lambda: _radix_argsort(key))
+
+
 def _argsort(x: jax.Array, axis: int) -> jax.Array:
     """Stable argsort along ``axis``."""
     axis = axis % x.ndim
     key = _unsigned_key(x)
     if key is not None and x.shape[axis] <= 1 << 29:
-        return jnp.moveaxis(_radix_argsort(jnp.moveaxis(key, axis, -1)), -1, axis)
+        last = lambda a: jnp.moveaxis(a, axis, -1)
+        return jnp.moveaxis(_argsort_last(last(x), last(key)), -1, axis)
     index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jax.lax.sort((_sort_key(x), index), dimension=axis, is_stable=True,
                         num_keys=1)[1]
