@@ -114,8 +114,9 @@ def _coarse_rank_key(x: jax.Array, key: jax.Array, bits: int) -> jax.Array:
     low = jnp.min(jnp.where(finite, v, jnp.inf), axis=-1, keepdims=True)
     high = jnp.max(jnp.where(finite, v, -jnp.inf), axis=-1, keepdims=True)
     top = (1 << bits) - 1
-    scale = jnp.where(high > low, top / (high - low), 0.0)
-    steps = jnp.where(scale > 0, (v - low) * scale, 0.0)   # 0 * inf would be NaN
+    scale = top / jnp.where(high > low, high - low, jnp.inf)
+    # No range, or one that overflows or flushes to zero: one step for all.
+    steps = jnp.where(jnp.isfinite(scale) & (scale > 0), (v - low) * scale, 0.0)
     ends = jnp.where(key >> 31 == 1, top, 0)               # +inf, +NaN: top
     return jnp.where(finite, jnp.clip(jnp.floor(steps), 0, top), ends).astype(jnp.int32)
 
