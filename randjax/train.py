@@ -354,7 +354,9 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         eval_batch_size: chunk size for evaluation (rounded up to a multiple
             of the device count).
         epoch_hook: ``hook(epoch, state) -> dict`` called after each epoch;
-            its entries are added to that epoch's metrics record.
+            its entries are added to that epoch's metrics record. The next
+            epoch reuses (donates) the state's buffers: copy what the hook
+            keeps (``jnp.copy``, ``np.asarray``).
         eval_transform: ``transform(state) -> state`` applied (jitted) to
             the state before validation and test evaluation, never to
             training; e.g. LaPerm's projection onto the permutations of the

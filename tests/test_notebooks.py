@@ -8,7 +8,10 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).parent.parent / "notebooks"
 TINY = {"quickstart.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
-                            'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nREPO_URL = ""\n'}
+                            'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nREPO_URL = ""\n',
+        "laperm.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
+                        'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nSYNC_PERIOD = 10\n'
+                        'REPO_URL = ""\n'}
 
 
 def test_every_notebook_has_tiny_settings():
