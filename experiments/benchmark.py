@@ -177,11 +177,15 @@ def _steps(one_step, n: int):
     return out
 
 
+def _initial_params(model_name: str, dataset: data_lib.Dataset) -> dict:
+    model = models.get(model_name, num_classes=dataset.num_classes)
+    return model.init(jax.random.key(0), jnp.zeros((1, *dataset.input_shape)))["params"]
+
+
 def sync_seconds(model_name: str, dataset: data_lib.Dataset, include_1d: bool,
                  repeats: int) -> float:
     """Median seconds of one jitted `randjax.permute.sync` of the model's params."""
-    model = models.get(model_name, num_classes=dataset.num_classes)
-    params = model.init(jax.random.key(0), jnp.zeros((1, *dataset.input_shape)))["params"]
+    params = _initial_params(model_name, dataset)
     select = lambda path, x: x.ndim >= 2 or (include_1d and x.ndim == 1)
     sorted0 = randjax.permute.sort_vectors(params, filter=select)
     moved = jax.tree.map(lambda x: x + 1e-3 * jax.random.normal(jax.random.key(1), x.shape),
@@ -205,8 +209,7 @@ def update_seconds(model_name: str, dataset: data_lib.Dataset,
     with ``steps`` equal to its sync period, one sync plus the bookkeeping
     of the other steps.
     """
-    model = models.get(model_name, num_classes=dataset.num_classes)
-    params = model.init(jax.random.key(0), jnp.zeros((1, *dataset.input_shape)))["params"]
+    params = _initial_params(model_name, dataset)
     grads = jax.tree.map(lambda x: 1e-2 * jax.random.normal(jax.random.key(1), x.shape),
                          params)
 

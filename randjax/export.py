@@ -475,8 +475,7 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 def _permutation(w0: np.ndarray, w: np.ndarray, where: str) -> np.ndarray:
     """Per-column indices ``p`` with ``w = w0[p]`` bitwise; ValueError if none."""
     p = np.asarray(permute.find_permutation(w0, w))
-    columns = lambda x: x.reshape(-1, 1) if x.ndim <= 1 else x.reshape(-1, x.shape[-1])
-    if not _same_bits(np.take_along_axis(columns(w0), p, 0), columns(w)):
+    if not _same_bits(np.take_along_axis(permute._columns(w0), p, 0), permute._columns(w)):
         raise ValueError(
             f"export.save_permuted: the leaf {where} is not, per weight vector, a "
             "permutation of its initial values (wrong model, key or input_shape, or "
@@ -600,7 +599,7 @@ def _load_permuted(header: dict, arrays: dict) -> PyTree:
         if w0.shape != shape:
             raise ValueError(f"the redrawn initial leaf {leaf['path']} has shape "
                              f"{w0.shape}, the file {shape}")
-        columns = w0.reshape(-1, 1) if w0.ndim <= 1 else w0.reshape(-1, w0.shape[-1])
+        columns = permute._columns(w0)
         if spec["lehmer"]:
             perm = _unpack_lehmer(arrays[f"lehmer_{i}"], columns.shape[0])
         else:
