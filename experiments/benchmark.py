@@ -19,6 +19,10 @@ over dense's). The
 ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
 printed as a table and as JSON (also written to ``--json`` if given).
 
+Every ``--methods`` name is a registered method (`experiments.registry`),
+built from its reference config with ``--density`` (edge-popup), ``--k``
+(Slot Machines, greedy) and ``--laperm_sync_period`` /
+``--laperm_include_1d`` (LaPerm), around the shared ``--optimizer``.
 ``laperm`` is the optimizer `randjax.laperm` around ``--optimizer`` (dense
 parameters): its median single step is a step without a sync, so it also
 reports the *amortised* step, ``amortised_step_ms``: the median time of
@@ -49,6 +53,7 @@ import optax
 from absl import app, flags
 
 import randjax
+from experiments import registry
 from randjax import data as data_lib
 from randjax import models, train
 
@@ -64,8 +69,8 @@ _STEPS = flags.DEFINE_integer("steps", 50, "Timed single steps.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
-                             "(dense is always included): dense, edge_popup, supermask, "
-                             "slot_machine, laperm.")
+                             "(dense is always included): names of experiments.registry "
+                             "(dense, edge_popup, supermask, slot_machine, laperm, ...).")
 _DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup.")
 _K = flags.DEFINE_integer("k", 8, "Options per connection for slot_machine (greedy, "
                           "official init).")
@@ -106,7 +111,7 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
 
 def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
             tx: optax.GradientTransformation, reparam: randjax.Reparam):
-    """Compiled ``(one_step, one_epoch)`` closures of one method."""
+    """Compiled ``(one_step, one_epoch)`` closures of one method (``reparam`` and ``tx``)."""
     model = models.get(model_name, num_classes=dataset.num_classes,
                        fast_conv_grad=_FAST_CONV_GRAD.value)
     mesh = train.data_mesh()
@@ -133,26 +138,30 @@ def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
     return one_step, one_epoch
 
 
-def _method(spec) -> tuple[randjax.Reparam, optax.GradientTransformation | None]:
-    """A method as (reparam, its own optimizer or None for the shared one)."""
-    return (spec, None) if isinstance(spec, randjax.Reparam) else tuple(spec)
+def build(name: str, tx: optax.GradientTransformation) -> registry.Method:
+    """The registered method ``name`` around ``tx``, with this run's method flags."""
+    options = {"edge_popup": dict(density=_DENSITY.value),
+               "slot_machine": dict(k=_K.value, selection="greedy", slot_init="official"),
+               "laperm": dict(sync_period=_LAPERM_SYNC_PERIOD.value,
+                              laperm_include_1d=_LAPERM_INCLUDE_1D.value)}
+    config = registry.get_config(name)
+    config.update(options.get(name, {}))
+    return registry.build(config, tx)
 
 
 def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
-              tx: optax.GradientTransformation, methods: dict,
-              steps: int, epochs: int, *, block: int = 0) -> dict:
+              methods: dict[str, registry.Method], steps: int, epochs: int, *,
+              block: int = 0) -> dict:
     """Times every method, interleaved; step/epoch medians and derived rates.
 
-    ``methods`` maps a name to a `randjax.Reparam` trained with ``tx``, or to
-    a ``(reparam, own_tx)`` pair (e.g. ``(dense(), randjax.laperm(tx))``).
-    With ``block`` > 0 every method's ``block_step_ms`` is the median time
-    of ``block`` consecutive steps over ``block`` (the amortised step of a
-    method whose steps differ, like LaPerm's sync every ``block`` steps).
+    ``methods`` maps a name to a `registry.Method` (its reparametrization
+    and the optimizer it trains with). With ``block`` > 0 every method's
+    ``block_step_ms`` is the median time of ``block`` consecutive steps over
+    ``block`` (the amortised step of a method whose steps differ, like
+    LaPerm's sync every ``block`` steps).
     """
-    compiled = {}
-    for name, spec in methods.items():
-        reparam, own_tx = _method(spec)
-        compiled[name] = prepare(model_name, dataset, batch, own_tx or tx, reparam)
+    compiled = {name: prepare(model_name, dataset, batch, method.optimizer, method.reparam)
+                for name, method in methods.items()}
     step_seconds = _interleaved_medians({n: c[0] for n, c in compiled.items()}, steps)
     block_seconds = {}
     if block > 0:
@@ -303,25 +312,14 @@ def main(argv):
     else:
         dataset = data_lib.load(_DATASET.value, val_fraction=0.0)
     tx = optax.adam(1e-3) if _OPTIMIZER.value == "adam" else optax.sgd(0.1, momentum=0.9)
-    available = {
-        "dense": randjax.dense,
-        "edge_popup": lambda: randjax.edge_popup(_DENSITY.value,
-                                                 weight_init="signed_constant"),
-        "supermask": lambda: randjax.supermask(weight_init="signed_constant"),
-        "slot_machine": lambda: randjax.slot_machine(_K.value, selection="greedy",
-                                                     init="official"),
-        "laperm": lambda: (randjax.dense(), randjax.laperm(
-            tx, _LAPERM_SYNC_PERIOD.value, include_1d=_LAPERM_INCLUDE_1D.value)),
-    }
-    unknown = set(_METHODS.value) - set(available)
-    if unknown:
-        raise app.UsageError(f"unknown --methods {sorted(unknown)}; choose from "
-                             f"{sorted(available)}")
     names = ["dense", *(m for m in _METHODS.value if m != "dense")]
+    try:
+        methods = {name: build(name, tx) for name in names}
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     with_laperm = "laperm" in names
     k = _LAPERM_SYNC_PERIOD.value
-    results = benchmark(_MODEL.value, dataset, _BATCH.value, tx,
-                        {name: available[name]() for name in names},
+    results = benchmark(_MODEL.value, dataset, _BATCH.value, methods,
                         _STEPS.value, _EPOCHS.value, block=k if with_laperm else 0)
     for r in results.values():
         r["ratio_to_dense"] = r["step_ms"] / results["dense"]["step_ms"]
@@ -335,7 +333,7 @@ def main(argv):
                                            _STEPS.value)
         lp["sync_over_step"] = lp["sync_ms"] / results["dense"]["step_ms"]
         updates = update_seconds(_MODEL.value, dataset,
-                                 {"plain": tx, "laperm": available["laperm"]()[1]}, k,
+                                 {"plain": tx, "laperm": methods["laperm"].optimizer}, k,
                                  max(5, _STEPS.value))
         lp["update_ms"] = 1e3 * updates["laperm"]
         lp["plain_update_ms"] = 1e3 * updates["plain"]

@@ -7,11 +7,11 @@
 Each study writes a JSON file of one record per run (written after every
 run, so an interrupted study resumes where it stopped) and a PNG:
 
-* ``optimizers``: LaPerm (Adam inside, sync every ``--sync_period`` steps)
+* ``optimizers``: LaPerm (Adam inside, sync every ``sync_period`` steps)
   against plain Adam and ``optax.lookahead`` (Adam, k=5, alpha 0.5: Zhang et
   al.'s defaults) from the same initial weights, test accuracy per epoch,
   for each ``--models`` (paper Fig. 4/6);
-* ``k``: LaPerm's final accuracy against the sync period ``--ks`` on
+* ``k``: LaPerm's final accuracy against the sync period ``ks`` on
   LeNet-300-100, with Adam as a dashed line (Fig. 5a);
 * ``pruned``: LaPerm from initial weights with a fraction ``--prune`` of
   every kernel randomly zeroed (the first layer keeps >= 80%, as the
@@ -24,84 +24,92 @@ run, so an interrupted study resumes where it stopped) and a PNG:
 * ``ranking``: how far weights move in rank within their vectors
   (`randjax.permute.ranking_distance` between consecutive epochs) while
   LeNet-300-100 trains with SGD, Adam, Adam + dropout 0.5 and Adam + L2
-  (Fig. 3/12), per layer; an "epoch" here is ``--ranking_train_limit``
-  images, so the curve has ``--ranking_epochs`` points.
+  (Fig. 3/12), per layer; an "epoch" here is ``ranking_train_limit``
+  images, so the curve has ``ranking_epochs`` points.
 
 Every LaPerm run reports accuracy right after a sync (the config's
 ``laperm_eval="synced"``). Runs follow the reference's setup
 (`experiments/configs/laperm.py`: He-uniform kernels, zero biases, Adam lr
 1e-3, batch 128, biases included in the sync, as the LaPerm preset), on
-``--dataset`` with no validation split. The budget flags keep all studies
-within about an hour on a 2-core CPU; the paper trains tens of epochs.
+``dataset`` with no validation split; Adam and Lookahead start from the same
+initial weights. The settings are the fields of `get_config` (each a flag of
+its name); the budget keeps all studies within about an hour on a 2-core
+CPU; the paper trains tens of epochs. From Python:
+``optimizers_study(get_config(), out_dir)``.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import tempfile
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import app
 
 import randjax
-from experiments import train
-from experiments.configs import laperm
-from experiments.sweeps import Records, dense_from, plot, plot_panels, run_studies
+from experiments import sweeps, train
+from experiments.sweeps import Records, plot, plot_panels
 from randjax import data as data_lib
+from randjax.methods import laperm
 
-_STUDIES = flags.DEFINE_list("studies", ["optimizers", "k", "pruned", "agnostic", "ranking"],
-                             "Which studies to run.")
-_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results/laperm",
-                               "Where the JSON records and PNGs go.")
-_DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "Data set (randjax.data.load).")
-_MODELS = flags.DEFINE_list("models", ["lenet300_100", "conv7"],
-                            "Models of the optimizer comparison.")
-_SYNC_PERIOD = flags.DEFINE_integer("sync_period", 20, "LaPerm's k outside the k study.")
-_KS = flags.DEFINE_list("ks", ["1", "5", "10", "20", "50", "100", "200", "500", "1000", "2000"],
-                        "Sync periods of the k study.")
-_PRUNE = flags.DEFINE_list("prune", ["0", "0.3", "0.5", "0.7"], "Pruned fractions.")
-_EPOCHS = flags.DEFINE_integer("epochs", 5, "Epochs per MLP run.")
-_CONV_EPOCHS = flags.DEFINE_integer("conv_epochs", 2, "Epochs per conv-net run.")
-_CONV_TRAIN_LIMIT = flags.DEFINE_integer(
-    "conv_train_limit", 10_000, "Training images for conv nets (CPU budget); 0: all.")
-_AGNOSTIC_EPOCHS = flags.DEFINE_integer(
-    "agnostic_epochs", None, "Epochs of F1 and F2 (default: the notebook's 10 and 25).")
-_RANKING_EPOCHS = flags.DEFINE_integer("ranking_epochs", 20, "Points of the ranking curves.")
-_RANKING_TRAIN_LIMIT = flags.DEFINE_integer("ranking_train_limit", 6_000,
-                                            "Images per ranking 'epoch'.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+HELP = {
+    "studies": "Which studies to run.",
+    "out_dir": "Where the JSON records and PNGs go.",
+    "dataset": "Data set (randjax.data.load).",
+    "models": "Models of the optimizer comparison.",
+    "sync_period": "LaPerm's k outside the k study.",
+    "ks": "Sync periods of the k study.",
+    "prune": "Pruned fractions.",
+    "epochs": "Epochs per MLP run.",
+    "conv_epochs": "Epochs per conv-net run.",
+    "conv_train_limit": "Training images for conv nets (CPU budget); 0: all.",
+    "agnostic_epochs": "Epochs of F1 and F2 (0: the notebook's 10 and 25).",
+    "ranking_epochs": "Points of the ranking curves.",
+    "ranking_train_limit": "Images per ranking 'epoch'.",
+    "seed": "Seed of every run.",
+}
 
 _LENET = "lenet300_100"
-_MLPS = (_LENET, "f1", "f2")
+# The study's run kinds: the registered method each trains with.
+_METHODS = {"laperm": "laperm", "adam": "dense", "lookahead": "lookahead"}
 
 
-def run_config(method: str, model: str, **overrides) -> ml_collections.ConfigDict:
-    """One run's config: ``laperm``, ``adam`` or ``lookahead``, the budget, overrides."""
-    config = laperm.get_config()
-    conv = model not in _MLPS
-    config.update(dataset=_DATASET.value, val_fraction=0.0, model=model,
-                  laperm_include_1d=True, epochs=_EPOCHS.value if model in _MLPS
-                  else _CONV_EPOCHS.value,
-                  train_limit=(_CONV_TRAIN_LIMIT.value or None) if conv else None,
-                  seed=_SEED.value)
+def get_config() -> ml_collections.ConfigDict:
+    """The studies' default settings (see `HELP`)."""
+    return ml_collections.ConfigDict(dict(
+        studies=("optimizers", "k", "pruned", "agnostic", "ranking"),
+        out_dir="experiments/results/laperm", dataset="fashion_mnist",
+        models=(_LENET, "conv7"), sync_period=20,
+        ks=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000), prune=(0.0, 0.3, 0.5, 0.7),
+        epochs=5, conv_epochs=2, conv_train_limit=10_000, agnostic_epochs=0,
+        ranking_epochs=20, ranking_train_limit=6_000, seed=0))
+
+
+def run_config(study, kind: str, model: str, **overrides) -> ml_collections.ConfigDict:
+    """One run's config: ``laperm``, ``adam`` or ``lookahead``, the budget, overrides.
+
+    Every kind starts from the LaPerm preset's initial weights (He-uniform
+    kernels) and Adam 1e-3; LaPerm syncs every ``study.sync_period`` steps,
+    biases included; LeNet has biases (the LaPerm preset's LeNet).
+    """
+    config = sweeps.run_config(study, _METHODS[kind], model, init="kaiming_uniform")
+    if kind == "laperm":
+        config.update(sync_period=study.sync_period, laperm_include_1d=True)
     if model == _LENET:
-        config.use_bias = True  # the LaPerm preset's LeNet
-    if method != "laperm":
-        config.sync_period = None
-    if method == "lookahead":
-        config.update(lookahead_sync_period=5, lookahead_step_size=0.5)
+        config.use_bias = True
     config.update(**overrides)
     return config
 
 
-def _run(records: Records, name: str, method: str, model: str, *, transform=None,
+def _run(study, records: Records, name: str, kind: str, model: str, *, start=None,
          fit_kwargs=None, measure=None, **overrides) -> dict:
-    config = run_config(method, model, **overrides)
-    if transform is not None:
-        fit_kwargs = {**(fit_kwargs or {}), "reparam": dense_from(transform)}
+    config = run_config(study, kind, model, **overrides)
+    if start is not None:
+        fit_kwargs = {**(fit_kwargs or {}), "reparam": randjax.dense_from(start)}
     return records.run(name, config, measure=measure, fit_kwargs=fit_kwargs,
-                       method=method, model=model, **overrides)
+                       method=kind, model=model, **overrides)
 
 
 def _curve(row) -> list[tuple[int, float]]:
@@ -113,13 +121,13 @@ def _export_sizes(config: ml_collections.ConfigDict):
 
     def measure(result) -> dict:
         state = result.state
-        params = randjax.reconnect.synced_params(state.trainable, state.opt_state)
+        params = laperm.synced_params(state.trainable, state.opt_state)
         dataset = data_lib.load(config.dataset, val_fraction=0.0)
         model = train.make_model(config, dataset.num_classes)
         sizes = {}
         with tempfile.TemporaryDirectory() as tmp:
             for lehmer in (False, True):
-                info = randjax.export.save_permuted(
+                info = laperm.save_permuted(
                     pathlib.Path(tmp) / "net", params, model,
                     randjax.train.model_key(config.seed), dataset.input_shape,
                     include_1d=config.laperm_include_1d, lehmer=lehmer)
@@ -132,44 +140,45 @@ def _export_sizes(config: ml_collections.ConfigDict):
     return measure
 
 
-def optimizers_study(out: pathlib.Path):
-    records = Records(out / "optimizers.json")
+def optimizers_study(study: ml_collections.ConfigDict, out: pathlib.Path):
+    run = functools.partial(_run, study, Records(out / "optimizers.json"))
     panels = {}
-    for model in _MODELS.value:
-        series = {opt: _curve(_run(
-            records, f"{model}/{opt}", opt, model,
-            measure=_export_sizes(run_config(opt, model)) if opt == "laperm" else None))
-            for opt in ("laperm", "adam", "lookahead")}
+    for model in study.models:
+        series = {opt: _curve(run(
+            f"{model}/{opt}", opt, model,
+            measure=_export_sizes(run_config(study, opt, model)) if opt == "laperm"
+            else None))
+            for opt in _METHODS}
         panels[model] = (series, {})
         plot_panels(out / "optimizers.png", panels, "epoch")
 
 
-def k_study(out: pathlib.Path):
-    records = Records(out / "k.json")
+def k_study(study: ml_collections.ConfigDict, out: pathlib.Path):
+    run = functools.partial(_run, study, Records(out / "k.json"))
     series = {"LaPerm (Adam inside)": [
-        (int(k), _run(records, f"k/{k}", "laperm", _LENET, sync_period=int(k))
-         ["test_accuracy"]) for k in _KS.value]}
-    adam = _run(records, "adam", "adam", _LENET)["test_accuracy"]
-    plot(out / "k.png", f"LeNet-300-100 on {_DATASET.value}: sync period", series,
+        (k, run(f"k/{k}", "laperm", _LENET, sync_period=k)["test_accuracy"])
+        for k in study.ks]}
+    adam = run("adam", "adam", _LENET)["test_accuracy"]
+    plot(out / "k.png", f"LeNet-300-100 on {study.dataset}: sync period", series,
          {"Adam": adam}, "sync period k", "log")
 
 
 def _pruned(fraction: float):
-    def transform(key, params):
+    def start(key, params):
         if fraction == 0:
             return params
-        return randjax.init.random_prune(jax.random.fold_in(key, 7), params, 1 - fraction)
+        return laperm.random_prune(jax.random.fold_in(key, 7), params, 1 - fraction)
 
-    return transform
+    return start
 
 
-def pruned_study(out: pathlib.Path):
-    records = Records(out / "pruned.json")
-    series = {opt: [(float(p), _run(records, f"{opt}/{p}", opt, _LENET,
-                                    transform=_pruned(float(p)))["test_accuracy"])
-                    for p in _PRUNE.value]
+def pruned_study(study: ml_collections.ConfigDict, out: pathlib.Path):
+    run = functools.partial(_run, study, Records(out / "pruned.json"))
+    series = {opt: [(p, run(f"{opt}/{p:g}", opt, _LENET,
+                            start=_pruned(p))["test_accuracy"])
+                    for p in study.prune]
               for opt in ("laperm", "adam")}
-    plot(out / "pruned.png", f"LeNet-300-100 on {_DATASET.value}: pruned init", series, {},
+    plot(out / "pruned.png", f"LeNet-300-100 on {study.dataset}: pruned init", series, {},
          "fraction of initial weights pruned")
 
 
@@ -180,17 +189,17 @@ def _layer(name: str):
 def _agnostic(densities: tuple[float, ...], value: float):
     """Prune layer ``Dense_i`` to ``densities[i]``, then one shared value."""
 
-    def transform(key, params):
+    def start(key, params):
         for i, density in enumerate(densities):
-            params = randjax.init.random_prune(
+            params = laperm.random_prune(
                 jax.random.fold_in(key, i), params, density, input_density=0.0,
                 filter=_layer(f"Dense_{i}"))
-        return randjax.init.shared_value(params, value)
+        return laperm.shared_value(params, value)
 
-    return transform
+    return start
 
 
-def agnostic_study(out: pathlib.Path):
+def agnostic_study(study: ml_collections.ConfigDict, out: pathlib.Path):
     """F1 and F2 as ihsuy/Train-by-Reconnect ``notebooks/F1_and_F2.ipynb``.
 
     Kept fractions 4/7 (F1) and 1/15, 1/7, 1/3 (F2), as its ``agnosticize``
@@ -199,19 +208,19 @@ def agnostic_study(out: pathlib.Path):
     25 epochs. The notebook's L2 1e-4 on F2's two hidden kernels is weight
     decay 2e-4 (the same gradient) here on all three kernels.
     """
-    records = Records(out / "agnostic.json")
+    run = functools.partial(_run, study, Records(out / "agnostic.json"))
     networks = {"F1": ("f1", (4 / 7,), 0.08, 10, 0.0),
                 "F2": ("f2", (1 / 15, 1 / 7, 1 / 3), 0.03, 25, 2e-4)}
     series = {}
     for name, (model, densities, value, epochs, decay) in networks.items():
-        epochs = _AGNOSTIC_EPOCHS.value or epochs
-        row = _run(records, name, "laperm", model, transform=_agnostic(densities, value),
+        epochs = study.agnostic_epochs or epochs
+        row = run(name, "laperm", model, start=_agnostic(densities, value),
                    sync_period=250, epochs=epochs, use_bias=False, normalize="unit",
                    weight_decay=decay, schedule="step", lr_gamma=0.95,
                    lr_milestones=tuple(range(1, epochs)))
         kept = "/".join(f"{d:.3f}" for d in densities)
         series[f"{name} (value {value}, kept {kept})"] = _curve(row)
-    plot(out / "agnostic.png", f"weight-agnostic LaPerm on {_DATASET.value}", series, {},
+    plot(out / "agnostic.png", f"weight-agnostic LaPerm on {study.dataset}", series, {},
          "epoch")
 
 
@@ -229,7 +238,7 @@ class _RankingMonitor:
         record = {}
         if self.previous is not None:
             for name, kernel in kernels.items():
-                mean, std = randjax.permute.ranking_distance(self.previous[name], kernel)
+                mean, std = randjax.analysis.ranking_distance(self.previous[name], kernel)
                 record[f"ranking/{name}"] = [float(mean), float(std)]
         self.previous = {name: jax.numpy.copy(k) for name, k in kernels.items()}
         return record
@@ -241,25 +250,25 @@ def _ranking_curves(result) -> dict:
         name: [r.get(name) for r in result.history] for name in names}}
 
 
-def ranking_study(out: pathlib.Path):
-    records = Records(out / "ranking.json")
+def ranking_study(study: ml_collections.ConfigDict, out: pathlib.Path):
+    run = functools.partial(_run, study, Records(out / "ranking.json"))
     runs = {"SGD": ("adam", {"optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0}),
             "Adam": ("adam", {}),
             "Adam + dropout 0.5": ("adam", {"dropout": 0.5}),
             "Adam + L2 1e-4": ("adam", {"weight_decay": 1e-4})}
     curves = {}
     for label, (method, overrides) in runs.items():
-        row = _run(records, label, method, _LENET, measure=_ranking_curves,
-                   fit_kwargs={"epoch_hook": _RankingMonitor()},
-                   epochs=_RANKING_EPOCHS.value,
-                   train_limit=_RANKING_TRAIN_LIMIT.value, **overrides)
+        row = run(label, method, _LENET, measure=_ranking_curves,
+                  fit_kwargs={"epoch_hook": _RankingMonitor()},
+                  epochs=study.ranking_epochs, train_limit=study.ranking_train_limit,
+                  **overrides)
         curves[label] = row["ranking_distance"]
     layers = sorted(next(iter(curves.values())))
     panels = {layer.removeprefix("ranking/"): (
         {label: [(epoch, value[0]) for epoch, value in enumerate(curve[layer], 1)
                  if value is not None] for label, curve in curves.items()}, {})
         for layer in layers}
-    plot_panels(out / "ranking.png", panels, f"epoch ({_RANKING_TRAIN_LIMIT.value} images)",
+    plot_panels(out / "ranking.png", panels, f"epoch ({study.ranking_train_limit} images)",
                 ylabel="mean ranking distance")
 
 
@@ -267,10 +276,6 @@ STUDIES = {"optimizers": optimizers_study, "k": k_study, "pruned": pruned_study,
            "agnostic": agnostic_study, "ranking": ranking_study}
 
 
-def main(argv):
-    del argv
-    run_studies(STUDIES, _STUDIES.value, _OUT_DIR.value, "studies")
-
-
 if __name__ == "__main__":
-    app.run(main)
+    sweeps.define_flags(get_config(), HELP)
+    app.run(functools.partial(sweeps.main, get_config, STUDIES))

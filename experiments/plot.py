@@ -9,7 +9,6 @@ split). Each run is labelled by its directory name.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import matplotlib
@@ -18,16 +17,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from absl import app, flags
 
+from randjax.train import read_metrics
+
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories to plot.")
 _OUT = flags.DEFINE_string("out", "curves.png", "Output PNG.")
 _TITLE = flags.DEFINE_string("title", None, "Figure title.")
-
-
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {workdir} a run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def plot_runs(runs: dict[str, list[dict]], out: str | pathlib.Path, title: str | None = None):

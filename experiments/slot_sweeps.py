@@ -26,12 +26,15 @@ batch 128; lr 0.1 for K <= 8 and 0.01 above when greedy, ``--sample_lr`` when
 sampling; dropout 0.5 before the conv nets' dense layers). Learned dense
 baselines (and the fine-tuning) use hidden-networks' dense setup (SGD lr
 0.01, momentum 0.9, weight decay 1e-4, per-epoch cosine), as the edge-popup
-sweeps do. The budget flags keep all studies within about an hour on a 2-core
-CPU; the paper trains 200 epochs (LeNet) and 100+ (conv nets).
+sweeps do. The settings are the fields of `get_config` (each a flag of its
+name); the budget keeps all studies within about an hour on a 2-core CPU;
+the paper trains 200 epochs (LeNet) and 100+ (conv nets). From Python:
+``k_study(get_config(), out_dir)``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 import tempfile
@@ -40,146 +43,139 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app, flags
+from absl import app
 
 import randjax
-from experiments import train
-from experiments.configs import dense, slot_machine
-from experiments.sweeps import (
-    Records,
-    dense_from,
-    plot,
-    plot_panels,
-    result_row,
-    run_studies,
-)
+from experiments import registry, sweeps, train
+from experiments.configs import dense
+from experiments.sweeps import Records, plot, plot_panels, result_row
 from randjax import data as data_lib
 from randjax import models
 
-_STUDIES = flags.DEFINE_list("studies", ["k", "sharing", "finetune", "memory"],
-                             "Which studies to run.")
-_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results/slot_machines",
-                               "Where the JSON records and PNGs go.")
-_DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "Data set (randjax.data.load).")
-_MODELS = flags.DEFINE_list("models", ["lenet300_100", "conv2", "conv4"],
-                            "Models of the K study.")
-_KS = flags.DEFINE_list("ks", ["2", "4", "8", "16", "32", "64"], "Options per connection.")
-_MODES = flags.DEFINE_list("modes", ["greedy", "sample"], "Selections of the K study.")
-_SAMPLE_LR = flags.DEFINE_float("sample_lr", 25.0,
-                                "SGD rate of probabilistic selection (reference: 25-50).")
-_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per LeNet run.")
-_CONV_EPOCHS = flags.DEFINE_integer("conv_epochs", 2, "Epochs per conv-net run.")
-_CONV_TRAIN_LIMIT = flags.DEFINE_integer(
-    "conv_train_limit", 5_000, "Training images for conv nets (CPU budget); 0: all.")
-_MEMORY_MODELS = flags.DEFINE_list("memory_models", ["lenet300_100", "conv4"],
-                                   "Models of the memory study.")
-_MEMORY_KS = flags.DEFINE_list("memory_ks", ["2", "8", "64"], "K of the memory study.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
+HELP = {
+    "studies": "Which studies to run.",
+    "out_dir": "Where the JSON records and PNGs go.",
+    "dataset": "Data set (randjax.data.load).",
+    "models": "Models of the K study.",
+    "ks": "Options per connection.",
+    "modes": "Selections of the K study.",
+    "sample_lr": "SGD rate of probabilistic selection (reference: 25-50).",
+    "epochs": "Epochs per LeNet run.",
+    "conv_epochs": "Epochs per conv-net run.",
+    "conv_train_limit": "Training images for conv nets (CPU budget); 0: all.",
+    "memory_models": "Models of the memory study.",
+    "memory_ks": "K of the memory study.",
+    "seed": "Seed of every run.",
+}
 
 _LENET = "lenet300_100"
 
 
-def run_config(method: str, model: str, **overrides) -> ml_collections.ConfigDict:
-    """One run's config: the method's reference setup, the budget, ``overrides``."""
-    conv = model != _LENET
+def get_config() -> ml_collections.ConfigDict:
+    """The studies' default settings (see `HELP`)."""
+    return ml_collections.ConfigDict(dict(
+        studies=("k", "sharing", "finetune", "memory"),
+        out_dir="experiments/results/slot_machines", dataset="fashion_mnist",
+        models=(_LENET, "conv2", "conv4"), ks=(2, 4, 8, 16, 32, 64),
+        modes=("greedy", "sample"), sample_lr=25.0, epochs=3, conv_epochs=2,
+        conv_train_limit=5_000, memory_models=(_LENET, "conv4"), memory_ks=(2, 8, 64),
+        seed=0))
+
+
+def run_config(study, method: str, model: str, **overrides) -> ml_collections.ConfigDict:
+    """One run's config: the method's reference setup, the budget, ``overrides``.
+
+    No biases; dropout 0.5 before the conv nets' dense layers (the
+    reference's); dense baselines as hidden-networks trains them.
+    """
+    config = sweeps.run_config(study, method, model, use_bias=False,
+                               dropout=0.0 if model in sweeps.MLPS else 0.5)
     if method == "dense":  # hidden-networks' learned baselines
-        config = dense.get_config()
-        config.update(optimizer="sgd", learning_rate=0.01, weight_decay=1e-4,
-                      schedule="cosine_epoch")
-    else:
-        config = slot_machine.get_config()
-    config.update(dataset=_DATASET.value, val_fraction=0.0, model=model, use_bias=False,
-                  dropout=0.5 if conv else 0.0,
-                  epochs=_CONV_EPOCHS.value if conv else _EPOCHS.value,
-                  train_limit=(_CONV_TRAIN_LIMIT.value or None) if conv else None,
-                  seed=_SEED.value)
+        dense.hidden_networks(config)
     config.update(**overrides)
     return config
 
 
-def _slot_lr(k: int, selection: str) -> float:
+def _slot_lr(study, k: int, selection: str) -> float:
     if selection == "sample":
-        return _SAMPLE_LR.value
+        return study.sample_lr
     return 0.1 if k <= 8 else 0.01  # the reference's greedy rates
 
 
-def _slot_run(records: Records, name: str, model: str, k: int, selection: str,
+def _slot_run(study, records: Records, name: str, model: str, k: int, selection: str,
               **overrides) -> dict:
-    config = run_config("slot_machine", model, k=k, selection=selection,
-                        learning_rate=_slot_lr(k, selection), **overrides)
+    config = run_config(study, "slot_machine", model, k=k, selection=selection,
+                        learning_rate=_slot_lr(study, k, selection), **overrides)
     return records.run(name, config, method="slot_machine", model=model, k=k,
                        selection=selection, learning_rate=config.learning_rate,
                        **overrides)
 
 
-def _dense_run(records: Records, name: str, model: str, **overrides) -> dict:
-    return records.run(name, run_config("dense", model, **overrides), method="dense",
-                       model=model, **overrides)
+def _dense_run(study, records: Records, name: str, model: str, **overrides) -> dict:
+    return records.run(name, run_config(study, "dense", model, **overrides),
+                       method="dense", model=model, **overrides)
 
 
-def _ks(values) -> list[int]:
-    return [int(k) for k in values]
-
-
-def k_study(out: pathlib.Path):
-    """Runs ``--ks`` x ``--modes`` per model; plots every K recorded so far."""
+def k_study(study: ml_collections.ConfigDict, out: pathlib.Path):
+    """Runs ``ks`` x ``modes`` per model; plots every K recorded so far."""
     records = Records(out / "k.json")
     panels = {}
-    for model in _MODELS.value:
-        baseline = _dense_run(records, f"{model}/dense", model)["test_accuracy"]
-        for mode in _MODES.value:
-            for k in _ks(_KS.value):
-                _slot_run(records, f"{model}/{mode}/{k}", model, k, mode)
+    for model in study.models:
+        baseline = _dense_run(study, records, f"{model}/dense", model)["test_accuracy"]
+        for mode in study.modes:
+            for k in study.ks:
+                _slot_run(study, records, f"{model}/{mode}/{k}", model, k, mode)
         series = {mode: [(row["k"], row["test_accuracy"]) for row in records.rows
                          if row["model"] == model and row.get("selection") == mode]
-                  for mode in _MODES.value}
+                  for mode in study.modes}
         panels[model] = (series, {model: baseline})
         plot_panels(out / "k.png", panels, "options per connection K", "log2")
 
 
-def sharing_study(out: pathlib.Path):
+def sharing_study(study: ml_collections.ConfigDict, out: pathlib.Path):
     independent = Records(out / "k.json")
     records = Records(out / "sharing.json")
     series = {
         "independent options": [
-            (k, _slot_run(independent, f"{_LENET}/greedy/{k}", _LENET, k, "greedy")
-             ["test_accuracy"]) for k in _ks(_KS.value)],
+            (k, _slot_run(study, independent, f"{_LENET}/greedy/{k}", _LENET, k, "greedy")
+             ["test_accuracy"]) for k in study.ks],
         "shared per layer": [
-            (k, _slot_run(records, f"shared/{k}", _LENET, k, "greedy",
-                          shared_options=True)["test_accuracy"]) for k in _ks(_KS.value)]}
-    baseline = _dense_run(independent, f"{_LENET}/dense", _LENET)["test_accuracy"]
-    plot(out / "sharing.png", f"LeNet-300-100 on {_DATASET.value}: weight sharing",
+            (k, _slot_run(study, records, f"shared/{k}", _LENET, k, "greedy",
+                          shared_options=True)["test_accuracy"]) for k in study.ks]}
+    baseline = _dense_run(study, independent, f"{_LENET}/dense", _LENET)["test_accuracy"]
+    plot(out / "sharing.png", f"LeNet-300-100 on {study.dataset}: weight sharing",
          series, {"LeNet-300-100": baseline}, "options per connection K", "log2")
 
 
-def finetune_study(out: pathlib.Path):
+def finetune_study(study: ml_collections.ConfigDict, out: pathlib.Path):
     records = Records(out / "finetune.json")
-    epochs = _EPOCHS.value
+    epochs = study.epochs
     if records.get("finetuned") is None:  # the slot run again: its state is needed
-        config = run_config("slot_machine", _LENET, k=8, learning_rate=0.1)
+        config = run_config(study, "slot_machine", _LENET, k=8, learning_rate=0.1)
         result = train.train_and_evaluate(config, None, progress=False)
         if records.get("slots") is None:
             records.add(result_row("slots", config, result, k=8))
         state = result.state
-        start = randjax.slots.to_dense(train.make_reparam(config), state.trainable,
-                                       state.frozen)
-        config = run_config("dense", _LENET)
+        reparam = registry.build(config, optax.identity()).reparam
+        start = randjax.methods.slot_machine.to_dense(reparam, state.trainable,
+                                                      state.frozen)
+        config = run_config(study, "dense", _LENET)
         result = train.train_and_evaluate(config, None, progress=False,
-                                          reparam=dense_from(lambda key, params: start))
+                                          reparam=randjax.dense_from(start))
         records.add(result_row("finetuned", config, result))
-    scratch = _dense_run(records, "dense", _LENET, epochs=2 * epochs)
+    scratch = _dense_run(study, records, "dense", _LENET, epochs=2 * epochs)
     slots, tuned = records.get("slots"), records.get("finetuned")
     curve = lambda row, first: list(enumerate(row["test_accuracy_per_epoch"], first))
     series = {"Slot Machine K=8 (greedy)": curve(slots, 1),
               "then fine-tuned as dense": curve(tuned, epochs + 1),
               "dense from random init": curve(scratch, 1)}
-    plot(out / "finetune.png", f"LeNet-300-100 on {_DATASET.value}: fine-tuning",
+    plot(out / "finetune.png", f"LeNet-300-100 on {study.dataset}: fine-tuning",
          series, {}, "epoch")
 
 
-def _step_memory(model_name: str, reparam: randjax.Reparam, batch: int = 128) -> dict:
+def _step_memory(dataset: data_lib.Dataset, model_name: str, reparam: randjax.Reparam,
+                 batch: int = 128) -> dict:
     """Bytes of the compiled train step (SGD momentum) and of its state."""
-    dataset = data_lib.load(_DATASET.value, val_fraction=0.0)
     model = models.get(model_name, num_classes=dataset.num_classes, use_bias=False)
     tx = optax.sgd(0.1, momentum=0.9)
     state = randjax.train.init_state(model, reparam, tx, dataset.input_shape,
@@ -196,8 +192,7 @@ def _step_memory(model_name: str, reparam: randjax.Reparam, batch: int = 128) ->
             - stats.alias_size_in_bytes + stats.temp_size_in_bytes}
 
 
-def _export_size(model_name: str, k: int) -> dict:
-    dataset = data_lib.load(_DATASET.value, val_fraction=0.0)
+def _export_size(dataset: data_lib.Dataset, model_name: str, k: int) -> dict:
     model = models.get(model_name, num_classes=dataset.num_classes, use_bias=False)
     params = model.init(jax.random.key(0), jnp.zeros((1, *dataset.input_shape)))["params"]
     reparam = randjax.slot_machine(k, store_weights=False)
@@ -208,21 +203,23 @@ def _export_size(model_name: str, k: int) -> dict:
             "export_ratio": info.ratio, "bits_per_connection": math.ceil(math.log2(k))}
 
 
-def memory_study(out: pathlib.Path):
+def memory_study(study: ml_collections.ConfigDict, out: pathlib.Path):
     """Stored against memory-lean options; no training, so no PNG."""
     records = Records(out / "memory.json")
-    for model in _MEMORY_MODELS.value:
-        for k in _ks(_MEMORY_KS.value):
+    dataset = data_lib.load(study.dataset, val_fraction=0.0)
+    for model in study.memory_models:
+        for k in study.memory_ks:
             name = f"{model}/{k}"
             if records.get(name) is not None:
                 continue
-            dense = _step_memory(model, randjax.dense())["step_peak_bytes"]
-            row = {"name": name, "model": model, "k": k, "step_peak_bytes_dense": dense}
+            dense_peak = _step_memory(dataset, model, randjax.dense())["step_peak_bytes"]
+            row = {"name": name, "model": model, "k": k, "step_peak_bytes_dense": dense_peak}
             for store in (True, False):
-                memory = _step_memory(model, randjax.slot_machine(k, store_weights=store))
+                memory = _step_memory(dataset, model,
+                                      randjax.slot_machine(k, store_weights=store))
                 row.update({f"{key}_{'stored' if store else 'lean'}": value
                             for key, value in memory.items()})
-            records.add({**row, **_export_size(model, k)})
+            records.add({**row, **_export_size(dataset, model, k)})
             print(f"memory: {name}: peak stored {row['step_peak_bytes_stored'] / 2**20:.1f} "
                   f"MiB, lean {row['step_peak_bytes_lean'] / 2**20:.1f} MiB", flush=True)
 
@@ -231,10 +228,6 @@ STUDIES = {"k": k_study, "sharing": sharing_study, "finetune": finetune_study,
            "memory": memory_study}
 
 
-def main(argv):
-    del argv
-    run_studies(STUDIES, _STUDIES.value, _OUT_DIR.value, "studies")
-
-
 if __name__ == "__main__":
-    app.run(main)
+    sweeps.define_flags(get_config(), HELP)
+    app.run(functools.partial(sweeps.main, get_config, STUDIES))

@@ -1,30 +1,57 @@
-"""What every sweep script shares: resumable JSON records, plots, the main loop.
+"""What every study script shares: its config, resumable records, plots, ``main``.
 
-`Records` keeps one sweep's results as a JSON list, one record per run,
-written after every run: a sweep that is interrupted and started again skips
-the runs it has. `plot` draws accuracy lines with dashed baselines;
-`dense_from` starts dense training from transformed weights; `run_studies`
-is every sweep script's ``main``.
+A study script (``experiments/*_sweeps.py``) has a ``get_config()`` whose
+``ml_collections.ConfigDict`` holds the studies to run, the data set, the
+budget and the values swept, and one function per study,
+``study(config, out)``: a notebook builds the config and calls them, the
+command line overrides every field with a flag of its name (`define_flags`,
+``--epochs=3 --models=conv2,conv4``) and runs `main`.
+
+`run_config` is the config of one run (the method's registered reference
+config, the study's budget, the run's overrides); `Records` keeps one
+study's results as a JSON list, one record per run, written after every
+run: a study that is interrupted and started again skips the runs it has.
+`plot` draws accuracy lines with dashed baselines.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import ml_collections
-from absl import app, logging
+from absl import app, flags, logging
 from matplotlib import ticker
 
-import randjax
-from experiments import train
+from experiments import registry, train
+
+#: Models trained for ``config.epochs`` on every image; the others (conv
+#: nets) for ``config.conv_epochs`` on the first ``config.conv_train_limit``.
+MLPS = ("lenet300_100", "mlp400x3", "f1", "f2")
+
+
+def run_config(study: ml_collections.ConfigDict, method: str, model: str,
+               **overrides) -> ml_collections.ConfigDict:
+    """One run's config: ``method``'s reference config, the study's budget, ``overrides``.
+
+    The budget: ``study.dataset`` without a validation split, ``study.seed``,
+    and ``study.epochs`` on every training image for the MLPs, or
+    ``study.conv_epochs`` on the first ``study.conv_train_limit`` images (0:
+    all) for the conv nets.
+    """
+    config = registry.get_config(method)
+    mlp = model in MLPS
+    config.update(dataset=study.dataset, val_fraction=0.0, model=model, seed=study.seed,
+                  epochs=study.epochs if mlp else study.conv_epochs,
+                  train_limit=None if mlp else (study.conv_train_limit or None))
+    config.update(**overrides)
+    return config
 
 
 def result_row(name: str, config: ml_collections.ConfigDict, result, **fields) -> dict:
@@ -114,31 +141,71 @@ def plot_panels(path: pathlib.Path, panels: dict, xlabel: str, xscale: str = "li
     plt.close(fig)
 
 
-def dense_from(transform: Callable[[Any, Any], Any]) -> randjax.Reparam:
-    """Dense training from ``transform(key, model_params)`` instead of the init.
+def _unknown(studies: Mapping[str, Callable], config: ml_collections.ConfigDict) -> str:
+    unknown = sorted(set(config.studies) - set(studies))
+    return f"unknown studies {unknown}; choose from {list(studies)}" if unknown else ""
 
-    ``transform`` returns parameters of the model's structure: pruned or
-    single-valued initial weights, or trained weights to fine-tune.
+
+def run_studies(studies: Mapping[str, Callable], config: ml_collections.ConfigDict):
+    """Runs ``studies[name](config, out)`` for each name in ``config.studies``.
+
+    ``out`` is ``config.out_dir`` (created). Unknown names raise before any
+    study runs.
     """
-    base = randjax.dense()
-
-    def init(key, params):
-        start = transform(key, params)
-        jax.tree.map(lambda a, b: None, params, start)  # raises on another structure
-        return base.init(key, start)
-
-    return randjax.Reparam(init, base.apply)
-
-
-def run_studies(studies: dict[str, Callable[[pathlib.Path], None]], names: list[str],
-                out_dir: str, flag: str = "studies"):
-    """Runs ``studies[name](out)`` for each of ``names`` (``--flag``) into ``out_dir``."""
-    logging.set_verbosity(logging.WARNING)
-    unknown = set(names) - set(studies)
+    unknown = _unknown(studies, config)
     if unknown:
-        raise app.UsageError(f"unknown --{flag} {sorted(unknown)}; choose from {list(studies)}")
-    out = pathlib.Path(out_dir)
+        raise ValueError(unknown)
+    out = pathlib.Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        studies[name](out)
+    for name in config.studies:
+        studies[name](config, out)
         print(f"wrote {out / name}.json and its figure", flush=True)
+
+
+# ---------------------------------------------------------------------------
+# The command line: one flag per field of the study's config.
+
+
+def define_flags(defaults: ml_collections.ConfigDict, help: Mapping[str, str]):
+    """Defines an absl flag per field of ``defaults``, of its type and default.
+
+    Tuples become list flags (``--ks=2,8``), converted back to the type of
+    the default's items. ``help[name]`` describes each field.
+    """
+    for name, value in defaults.items():
+        text = help.get(name, name)
+        if isinstance(value, (tuple, list)):
+            flags.DEFINE_list(name, [str(v) for v in value], text)
+        elif isinstance(value, bool):
+            flags.DEFINE_bool(name, value, text)
+        elif isinstance(value, int):
+            flags.DEFINE_integer(name, value, text)
+        elif isinstance(value, float):
+            flags.DEFINE_float(name, value, text)
+        else:
+            flags.DEFINE_string(name, value, text)
+
+
+def config_from_flags(defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``defaults`` with every field set from its flag (see `define_flags`)."""
+    config = ml_collections.ConfigDict(defaults.to_dict())
+    for name, value in defaults.items():
+        given = flags.FLAGS[name].value
+        if isinstance(value, (tuple, list)):
+            kind = type(value[0]) if value else str
+            given = tuple(kind(v) for v in given)
+        config[name] = given
+    return config
+
+
+def main(get_config: Callable[[], ml_collections.ConfigDict],
+         studies: Mapping[str, Callable], argv):
+    """Every study script's ``main``: its config from the flags, then `run_studies`."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    config = config_from_flags(get_config())
+    unknown = _unknown(studies, config)
+    if unknown:
+        raise app.UsageError(unknown)
+    run_studies(studies, config)

@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import randjax
+from experiments import registry
 from randjax import data as data_lib
 from randjax import models
 
@@ -69,14 +70,9 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
     PyTorch's ``SGD(weight_decay=wd)`` adds ``wd * w`` to the gradient before
     momentum; `optax.add_decayed_weights` before `optax.sgd` does the same.
-
-    With ``config.sync_period`` set (the LaPerm config), the optimizer is the
-    inner optimizer of `randjax.laperm` (``laperm_include_1d`` and
-    ``reset_inner_state`` as configured). With ``config.lookahead_sync_period``
-    set, it is the fast optimizer of `optax.lookahead` (slow step size
-    ``lookahead_step_size``), whose parameters are `optax.LookaheadParams`
-    (see `lookahead_reparam`; it takes gradients of that tree and uses the
-    fast ones). Both need ``method="dense"`` and exclude each other.
+    The learning rate is injected (`optax.inject_hyperparams`), so `randjax.fit`
+    logs it. A method may wrap this optimizer (LaPerm, Lookahead: see its
+    config's ``build``).
     """
 
     def optimizer(learning_rate):
@@ -92,113 +88,46 @@ def make_optimizer(config: ml_collections.ConfigDict,
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
 
     schedule = make_schedule(config, steps_per_epoch)
-    tx = optax.inject_hyperparams(optimizer)(learning_rate=schedule)
-    sync_period = config.get("sync_period")
-    lookahead_period = config.get("lookahead_sync_period")
-    if (sync_period is not None or lookahead_period is not None) and config.method != "dense":
-        raise ValueError(f"sync_period (LaPerm) and lookahead_sync_period need "
-                         f"method='dense', got {config.method!r}")
-    if sync_period is not None and lookahead_period is not None:
-        raise ValueError("set sync_period (LaPerm) or lookahead_sync_period, not both")
-    if sync_period is not None:
-        return randjax.laperm(tx, sync_period,
-                              include_1d=config.get("laperm_include_1d", False),
-                              reset_inner_state=config.get("reset_inner_state", False))
-    if lookahead_period is not None:
-        return _fast_gradients(optax.lookahead(
-            tx, lookahead_period, config.get("lookahead_step_size", 0.5)))
-    return tx
-
-
-def _fast_gradients(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`optax.lookahead` fed the fast part of gradients taken wrt LookaheadParams."""
-
-    def update(grads, state, params=None):
-        fast = grads.fast if isinstance(grads, optax.LookaheadParams) else grads
-        return tx.update(fast, state, params)
-
-    return optax.GradientTransformation(tx.init, update)
-
-
-def lookahead_reparam() -> randjax.Reparam:
-    """Parameters as `optax.LookaheadParams`: train with the fast, evaluate the slow.
-
-    ``init`` starts both copies at the model's parameters; ``apply`` returns
-    the fast parameters when training (so gradients reach the fast copy
-    only) and the slow ones at evaluation, as Zhang et al. (2019) evaluate
-    Lookahead. Paired with `make_optimizer`'s lookahead optimizer.
-    """
-
-    def init(key, params):
-        del key
-        # Two buffers, not one aliased twice: fit donates the state.
-        return optax.LookaheadParams(params, jax.tree.map(jax.numpy.copy, params)), None
-
-    def apply(trainable, frozen, *, key=None, train=True):
-        del frozen, key
-        return trainable.fast if train else trainable.slow
-
-    return randjax.Reparam(init, apply)
-
-
-def laperm_synced(state: randjax.train.TrainState) -> randjax.train.TrainState:
-    """The state with LaPerm's projection applied: what a sync now would give.
-
-    `randjax.fit`'s ``eval_transform`` for ``laperm_eval="synced"``: the
-    accuracy it reports is that of a network whose every permuted vector is
-    its initial values in the current ranking (`randjax.reconnect.synced_params`).
-    """
-    return state._replace(trainable=randjax.reconnect.synced_params(
-        state.trainable, state.opt_state))
-
-
-def make_eval_transform(config: ml_collections.ConfigDict):
-    """`laperm_synced` for a LaPerm config with ``laperm_eval="synced"``, else None."""
-    if config.get("sync_period") is None:
-        return None
-    mode = config.get("laperm_eval", "synced")
-    if mode not in ("synced", "current"):
-        raise ValueError(f"unknown laperm_eval {mode!r}; choose synced or current")
-    return laperm_synced if mode == "synced" else None
+    return optax.inject_hyperparams(optimizer)(learning_rate=schedule)
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
-    options = {k: config[k] for k in _MODEL_OPTIONS if config.get(k) is not None}
-    if config.method == "dense":  # the other methods draw their own weights
-        options["kernel_init"] = randjax.init.get(config.init)
-    return models.get(config.model, num_classes=num_classes, **options)
+    """The zoo model ``config.model`` with the config's options.
 
-
-def make_reparam(config: ml_collections.ConfigDict) -> randjax.Reparam:
-    """The `randjax.Reparam` of ``config.method``.
-
-    ``dense`` (`lookahead_reparam` when ``lookahead_sync_period`` is set),
-    ``edge_popup``, ``supermask`` or ``slot_machine``. Edge-popup
-    and supermask redraw the frozen weights with ``config.init`` (so a
-    ``scaled_*`` name sees the kept fraction); Slot Machines draw their
-    ``config.k`` options per connection by ``config.slot_init``.
+    Its kernels are drawn by ``config.init``; methods that freeze or redraw
+    weights (edge-popup, supermask, Slot Machines) draw their own from the
+    same config, so only the dense-weight methods (dense, LaPerm, Lookahead)
+    train the model's own initial kernels.
     """
-    if config.method == "dense":
-        if config.get("lookahead_sync_period") is not None:
-            return lookahead_reparam()
-        return randjax.dense()
-    if config.method == "edge_popup":
-        return randjax.edge_popup(
-            config.density, scope=config.scope, weight_init=config.init,
-            score_init=config.score_init, rounding=config.rounding,
-            scale_fan=config.scale_fan, store_weights=config.store_weights)
-    if config.method == "supermask":
-        return randjax.supermask(
-            logit_init=config.logit_init, sample_at_eval=config.sample_at_eval,
-            dynamic_scaling=config.dynamic_scaling, weight_init=config.init,
-            store_weights=config.store_weights)
-    if config.method == "slot_machine":
-        return randjax.slot_machine(
-            config.k, selection=config.selection, init=config.slot_init,
-            eval_selection=config.eval_selection, shared_options=config.shared_options,
-            store_weights=config.store_weights)
-    raise ValueError(f"unknown method {config.method!r}; choose dense, edge_popup, "
-                     "supermask or slot_machine")
+    options = {k: config[k] for k in _MODEL_OPTIONS if config.get(k) is not None}
+    return models.get(config.model, num_classes=num_classes,
+                      kernel_init=randjax.init.get(config.init), **options)
+
+
+def epoch_length(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """Optimizer steps in one epoch of ``num_train`` images under ``config``."""
+    if config.drop_remainder:
+        return num_train // config.batch_size
+    return math.ceil(num_train / config.batch_size)
+
+
+def build_method(config: ml_collections.ConfigDict, num_train: int) -> registry.Method:
+    """The method of ``config`` (`registry.build`) around `make_optimizer`'s optimizer."""
+    return registry.build(config, make_optimizer(config, epoch_length(config, num_train)))
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+    """``config.dataset`` with the config's split, normalisation and ``train_limit``."""
+    dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
+                            val_fraction=config.val_fraction, seed=config.seed,
+                            normalize=config.normalize)
+    if config.train_limit is None:
+        return dataset
+    if config.train_limit < 1:
+        raise ValueError(f"train_limit must be >= 1, got {config.train_limit}")
+    x, y = dataset.train
+    return dataclasses.replace(dataset, train=data_lib.Split(
+        x[:config.train_limit], y[:config.train_limit]))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
@@ -206,30 +135,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        **fit_kwargs) -> randjax.train.FitResult:
     """Loads the data, builds model, method and optimizer, and runs `randjax.fit`.
 
-    ``reparam`` replaces ``make_reparam(config)`` (e.g. to start from given
-    weights); ``fit_kwargs`` go to `randjax.fit`.
+    The one entry point of every experiment: the CLI, the studies and the
+    notebooks call it. ``config.method`` names a registered method
+    (`experiments.registry`); ``reparam`` replaces its reparametrization
+    (e.g. `randjax.dense_from` to start from given weights); ``fit_kwargs``
+    go to `randjax.fit`.
+
+    Returns:
+        The `randjax.train.FitResult`; its ``summary`` is the run's summary.
     """
-    dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
-                            val_fraction=config.val_fraction, seed=config.seed,
-                            normalize=config.normalize)
-    if config.train_limit is not None:
-        if config.train_limit < 1:
-            raise ValueError(f"train_limit must be >= 1, got {config.train_limit}")
-        x, y = dataset.train
-        dataset = dataclasses.replace(dataset, train=data_lib.Split(
-            x[:config.train_limit], y[:config.train_limit]))
-    num_train = len(dataset.train.y)
-    steps_per_epoch = (num_train // config.batch_size if config.drop_remainder
-                       else math.ceil(num_train / config.batch_size))
+    dataset = load_dataset(config)
+    method = build_method(config, len(dataset.train.y))
     return randjax.fit(
-        make_model(config, dataset.num_classes), dataset,
-        make_optimizer(config, steps_per_epoch),
-        reparam=make_reparam(config) if reparam is None else reparam,
+        make_model(config, dataset.num_classes), dataset, method.optimizer,
+        reparam=method.reparam if reparam is None else reparam,
         epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         workdir=workdir, checkpoint_every=config.checkpoint_every,
         augmentation=randjax.train.Augmentation(config.crop_padding, config.flip),
         drop_remainder=config.drop_remainder, eval_batch_size=config.eval_batch_size,
-        eval_transform=make_eval_transform(config), progress=progress,
+        eval_transform=method.eval_transform, progress=progress,
         config=config.to_dict(), **fit_kwargs)
 
 

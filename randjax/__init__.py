@@ -1,23 +1,30 @@
 """randjax: training networks without ordinary weight updates, in JAX.
 
-Methods are pure functions over parameter pytrees (see DESIGN.md):
-reparametrizations (`Reparam`: ``init`` / ``apply``), optax transformations,
-pruning functions and analysis tools. `fit` is the one jitted, data-parallel
-training loop they all share.
+Methods are pure functions over parameter pytrees: reparametrizations
+(`Reparam`: ``init`` / ``apply``) and optax transformations, one module each
+in `randjax.methods`, built on the protocol in `randjax.reparam` and the
+toolkit in `randjax.tree`. `fit` is the one jitted, data-parallel training
+loop they all share; `export` writes their compact file formats; `analysis`
+holds the measurements the papers make.
 """
 
-from randjax import data, export, init, masks, models, permute, reconnect, slots, train
+from randjax import analysis, data, export, init, masks, methods, models, permute, train, tree
 from randjax.masks import bernoulli_mask, kth_largest, threshold_mask, topk_mask
-from randjax.reconnect import LaPermState, apply_updates, laperm
-from randjax.reparam import Reparam, dense, edge_popup, is_kernel, supermask
-from randjax.slots import slot_machine, slot_select
+from randjax.methods.edge_popup import edge_popup
+from randjax.methods.laperm import LaPermState, laperm
+from randjax.methods.lookahead import lookahead, lookahead_reparam
+from randjax.methods.slot_machine import slot_machine, slot_select
+from randjax.methods.supermask import supermask
+from randjax.reparam import Reparam, apply_updates, dense, dense_from
 from randjax.train import fit
+from randjax.tree import is_kernel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LaPermState", "Reparam", "apply_updates", "bernoulli_mask", "data", "dense",
-    "edge_popup", "export", "fit", "init", "is_kernel", "kth_largest", "laperm", "masks",
-    "models", "permute", "reconnect", "slot_machine", "slot_select", "slots", "supermask",
-    "threshold_mask", "topk_mask", "train",
+    "LaPermState", "Reparam", "analysis", "apply_updates", "bernoulli_mask", "data",
+    "dense", "dense_from", "edge_popup", "export", "fit", "init", "is_kernel",
+    "kth_largest", "laperm", "lookahead", "lookahead_reparam", "masks", "methods",
+    "models", "permute", "slot_machine", "slot_select", "supermask", "threshold_mask",
+    "topk_mask", "train", "tree",
 ]

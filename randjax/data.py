@@ -8,7 +8,7 @@ Data sources (nothing is ever downloaded at run time):
   that does not depend on the user's ``seed``.
 * IDX files in the MNIST layout (``train-images-idx3-ubyte``,
   ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-  ``t10k-labels-idx1-ubyte``, each optionally ``.gz``). :func:`load` looks for
+  ``t10k-labels-idx1-ubyte``, each optionally ``.gz``). `load` looks for
   them, in order, in ``data_dir/<name>``, ``data_dir``,
   ``$RANDJAX_DATA_DIR/<name>``, the Debian package directory of the data set
   (``/usr/share/datasets/fashion-mnist`` from ``apt-get install
@@ -17,10 +17,10 @@ Data sources (nothing is ever downloaded at run time):
   ``tfds.data_source`` (random access, no TensorFlow needed) from ``data_dir``
   or the default tfds directory, with ``download=False``.
 
-:func:`load` returns a :class:`Dataset` with float32 NHWC images normalised
+`load` returns a `Dataset` with float32 NHWC images normalised
 with per-channel statistics of the training split (after the validation split
-has been carved from it) and int32 labels. :func:`shuffle_batches` and
-:func:`augment` are pure ``jax.numpy`` helpers for the device-side training
+has been carved from it) and int32 labels. `shuffle_batches` and
+`augment` are pure ``jax.numpy`` helpers for the device-side training
 loop.
 """
 
@@ -95,7 +95,7 @@ class Dataset:
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """The data set is in none of the places :func:`load` looks."""
+    """The data set is in none of the places `load` looks."""
 
 
 # --------------------------------------------------------------------------- IDX
@@ -105,15 +105,15 @@ def read_idx(path) -> np.ndarray:
     """Reads an IDX file (gzip-compressed when ``path`` ends with ``.gz``).
 
     Args:
-      path: file path.
+        path: file path.
 
     Returns:
-      The array, in native byte order, with the shape stored in the header.
+        The array, in native byte order, with the shape stored in the header.
 
     Raises:
-      ValueError: naming the file, on a corrupt gzip stream, a bad magic
-        number, an unknown dtype code, or a data length that differs from the
-        one the header announces.
+        ValueError: naming the file, on a corrupt gzip stream, a bad magic
+            number, an unknown dtype code, or a data length that differs from the
+            one the header announces.
     """
     path = os.fspath(path)
     try:
@@ -148,11 +148,11 @@ def write_idx(path, array) -> None:
     """Writes ``array`` as an IDX file (gzip-compressed when ``path`` ends with ``.gz``).
 
     Args:
-      path: file path.
-      array: array of dtype uint8, int8, int16, int32, float32 or float64.
+        path: file path.
+        array: array of dtype uint8, int8, int16, int32, float32 or float64.
 
     Raises:
-      ValueError: on any other dtype, or more than 255 dimensions.
+        ValueError: on any other dtype, or more than 255 dimensions.
     """
     path, array = os.fspath(path), np.asarray(array)
     code = _IDX_CODES.get(array.dtype.newbyteorder("="))
@@ -218,7 +218,8 @@ def _load_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, int | Non
     for source in sources:
         records = [source[i] for i in range(len(source))]
         if records and not {"image", "label"} <= set(records[0]):
-            raise ValueError(f"tfds {name}: need 'image' and 'label' features, got {sorted(records[0])}")
+            raise ValueError(f"tfds {name}: need 'image' and 'label' features, "
+                             f"got {sorted(records[0])}")
         x = np.stack([np.asarray(r["image"]) for r in records])
         if x.ndim == 3:  # grayscale stored without a channel axis
             x = x[..., None]
@@ -284,7 +285,8 @@ def _not_found(name: str, looked: list[str]) -> DatasetNotFoundError:
            f"prepare it with tfds on a machine with network (`tfds build {name}`) and "
            "pass that tfds directory as data_dir= (--data_dir)"]
     if name in SYSTEM_PACKAGES:
-        how.insert(0, f"apt-get install {SYSTEM_PACKAGES[name]}  (installs {SYSTEM_DATA_DIRS[name]})")
+        how.insert(0, f"apt-get install {SYSTEM_PACKAGES[name]}  "
+                      f"(installs {SYSTEM_DATA_DIRS[name]})")
     return DatasetNotFoundError(
         f"data set {name!r} not found. Looked in:\n"
         + "".join(f"  - {place}\n" for place in looked)
@@ -323,7 +325,8 @@ def _carve_validation(train: Split, val_fraction: float, seed: int) -> tuple[Spl
     return Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
 
 
-def _check_labels(name: str, splits: list[Split], num_classes: int | None) -> tuple[list[Split], int]:
+def _check_labels(name: str, splits: list[Split],
+                  num_classes: int | None) -> tuple[list[Split], int]:
     """int32 labels, checked to lie in [0, num_classes); infers num_classes if None."""
     ys = [s.y for s in splits if len(s.y)]
     if not all(np.issubdtype(y.dtype, np.integer) for y in ys):
@@ -363,32 +366,34 @@ def load(
     """Loads an image classification data set into memory.
 
     Args:
-      name: ``"digits"``, ``"fashion_mnist"``, ``"mnist"``, a directory of
-        MNIST-layout IDX files, or the name of a prepared tfds data set.
-      data_dir: directory searched first for IDX files (``data_dir/<name>``,
-        then ``data_dir``) and used as the tfds data directory.
-      val_fraction: fraction of the training split moved to validation, in
-        ``[0, 1)``; ``0`` gives an empty validation split.
-      seed: seed of the validation carve-out permutation.
-      normalize: ``"standardize"`` (scale to [0, 1], then per-channel zero mean
-        and unit std with training-split statistics) or ``"unit"`` ([0, 1]).
+        name: ``"digits"``, ``"fashion_mnist"``, ``"mnist"``, a directory of
+            MNIST-layout IDX files, or the name of a prepared tfds data set.
+        data_dir: directory searched first for IDX files (``data_dir/<name>``,
+            then ``data_dir``) and used as the tfds data directory.
+        val_fraction: fraction of the training split moved to validation, in
+            ``[0, 1)``; ``0`` gives an empty validation split.
+        seed: seed of the validation carve-out permutation.
+        normalize: ``"standardize"`` (scale to [0, 1], then per-channel zero mean
+            and unit std with training-split statistics) or ``"unit"`` ([0, 1]).
 
     Returns:
-      A :class:`Dataset` with float32 NHWC images and int32 labels.
+        A `Dataset` with float32 NHWC images and int32 labels.
 
     Raises:
-      ValueError: on an invalid argument or malformed data.
-      DatasetNotFoundError: when the data set is nowhere to be found; the
-        message lists every place looked and how to obtain the data.
+        ValueError: on an invalid argument or malformed data.
+        DatasetNotFoundError: when the data set is nowhere to be found; the
+            message lists every place looked and how to obtain the data.
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+            or not 0 <= val_fraction < 1):
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     name = os.fspath(name)
     train, test, num_classes = _find_raw(name, data_dir)
     if train.x.shape[1:] != test.x.shape[1:]:
-        raise ValueError(f"{name}: train images {train.x.shape[1:]} != test images {test.x.shape[1:]}")
+        raise ValueError(f"{name}: train images {train.x.shape[1:]} != test images "
+                         f"{test.x.shape[1:]}")
     train, val = _carve_validation(train, val_fraction, seed)
     (train, val, test), num_classes = _check_labels(name, [train, val, test], num_classes)
     channels = train.x.shape[-1]
@@ -402,23 +407,25 @@ def load(
 # ------------------------------------------------------------ device-side helpers
 
 
-def shuffle_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+def shuffle_batches(key: jax.Array, num_examples: int,
+                    batch_size: int) -> tuple[jax.Array, jax.Array]:
     """A random permutation of ``range(num_examples)`` cut into batches of indices.
 
     Jittable with ``num_examples`` and ``batch_size`` static.
 
     Args:
-      key: PRNG key.
-      num_examples: number of examples (Python int).
-      batch_size: batch size (Python int, >= 1).
+        key: PRNG key.
+        num_examples: number of examples (Python int).
+        batch_size: batch size (Python int, >= 1).
 
     Returns:
-      ``(full, rest)``: int32 ``full`` of shape
-      ``(num_examples // batch_size, batch_size)`` and the remaining indices
-      ``rest`` of shape ``(num_examples % batch_size,)``.
+        ``(full, rest)``: int32 ``full`` of shape
+        ``(num_examples // batch_size, batch_size)`` and the remaining indices
+        ``rest`` of shape ``(num_examples % batch_size,)``.
     """
     if num_examples < 0 or batch_size < 1:
-        raise ValueError(f"need num_examples >= 0 and batch_size >= 1, got {num_examples}, {batch_size}")
+        raise ValueError(f"need num_examples >= 0 and batch_size >= 1, got {num_examples}, "
+                         f"{batch_size}")
     perm = jax.random.permutation(key, num_examples).astype(jnp.int32)
     n_full = (num_examples // batch_size) * batch_size
     return perm[:n_full].reshape(-1, batch_size), perm[n_full:]
@@ -433,16 +440,16 @@ def augment(key: jax.Array, x: jax.Array, *, crop_padding: int = 0, flip: bool =
     The identity when ``crop_padding == 0`` and not ``flip``. Jittable.
 
     Args:
-      key: PRNG key.
-      x: images, shape ``(N, H, W, C)``.
-      crop_padding: pixels added on each side before cropping back to ``(H, W)``.
-      flip: whether to flip horizontally at random.
-      pad_value: value of the added pixels, a scalar or one per channel. The
-        references pad raw images with black before normalising; for
-        standardised inputs that is ``-mean / std`` (what `randjax.fit` passes).
+        key: PRNG key.
+        x: images, shape ``(N, H, W, C)``.
+        crop_padding: pixels added on each side before cropping back to ``(H, W)``.
+        flip: whether to flip horizontally at random.
+        pad_value: value of the added pixels, a scalar or one per channel. The
+            references pad raw images with black before normalising; for
+            standardised inputs that is ``-mean / std`` (what `randjax.fit` passes).
 
     Returns:
-      The augmented batch, same shape and dtype as ``x``.
+        The augmented batch, same shape and dtype as ``x``.
     """
     if crop_padding < 0:
         raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")

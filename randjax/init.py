@@ -1,5 +1,10 @@
 """Weight initializers by name, with the conventions of the reference code.
 
+Initializers are functions ``init(key, shape, dtype) -> array``, as
+`jax.nn.initializers`; `get` returns one by name, `resolve` accepts a name
+or a callable, and `fans` / `fan_in` give the fans every fan-scaled
+initializer (and Slot Machines' option bounds) use.
+
 The papers are implemented in PyTorch, whose initializers differ from Flax's
 defaults: ``kaiming_normal`` here is PyTorch's ``kaiming_normal_`` (fan-in,
 gain sqrt(2), *untruncated* normal), not Flax's truncated ``he_normal``;
@@ -7,6 +12,9 @@ gain sqrt(2), *untruncated* normal), not Flax's truncated ``he_normal``;
 said (``kaiming_uniform_(a=sqrt(5))``, i.e. U(+-1/sqrt(fan_in))). Fans follow
 JAX's convention for kernels: dense ``(in, out)``, conv ``(h, w, in, out)``
 with the receptive field counted into both fans.
+
+``he_uniform`` is Keras' ``he_uniform`` (the LaPerm reference's models):
+U(+-sqrt(6 / fan_in)), a 1-D (bias) shape counting its length as fan-in.
 
 Edge-popup's hidden-networks code adds ``signed_constant`` (every weight is
 ``+-gain / sqrt(fan_in)``, the sign of a Kaiming-normal draw) and, with
@@ -27,33 +35,45 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.nn import initializers
 
-from randjax.masks import check_density
+from randjax import tree
 
 Initializer = initializers.Initializer
 
 _GAIN = math.sqrt(2.0)  # ReLU gain, as in hidden-networks
 
-_INITIALIZERS: dict[str, Initializer] = {
-    "kaiming_normal": initializers.variance_scaling(2.0, "fan_in", "normal"),
-    "kaiming_uniform": initializers.variance_scaling(2.0, "fan_in", "uniform"),
-    "xavier_normal": initializers.variance_scaling(1.0, "fan_avg", "normal"),
-    "xavier_uniform": initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-    "lecun_normal": initializers.lecun_normal(),
-    "pytorch_default": initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-}
+kaiming_normal: Initializer = initializers.variance_scaling(2.0, "fan_in", "normal")
+"""He et al. (2015) normal init as PyTorch's ``kaiming_normal_``: fan-in,
+untruncated, std = sqrt(2 / fan_in)."""
 
 
-def is_kernel(path: tuple, leaf) -> bool:
-    """The default leaf filter: weight matrices and conv kernels (ndim >= 2)."""
-    del path
-    return getattr(leaf, "ndim", 0) >= 2
+def fans(shape) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a kernel shape, JAX convention.
+
+    Dense ``(in, out)`` gives ``(in, out)``; conv ``(h, w, in, out)`` counts
+    the receptive field into both: ``(h * w * in, h * w * out)``.
+
+    Raises:
+        ValueError: ``shape`` has fewer than two dimensions.
+
+    Example:
+        >>> from randjax.init import fans
+        >>> fans((3, 3, 16, 32)), fans((784, 300))
+        ((144, 288), (784, 300))
+    """
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(
+            f"fans need a kernel with ndim >= 2 (in, out) or (..., in, out), "
+            f"got shape {shape}")
+    receptive = math.prod(shape[:-2])
+    return shape[-2] * receptive, shape[-1] * receptive
 
 
 def fan_in(shape) -> int:
@@ -70,20 +90,45 @@ def fan_in(shape) -> int:
         >>> fan_in((3, 3, 16, 32)), fan_in((784, 300))
         (144, 784)
     """
-    shape = tuple(shape)
-    if len(shape) < 2:
-        raise ValueError(
-            f"fan_in needs a kernel with ndim >= 2 (in, out) or (..., in, out), "
-            f"got shape {shape}")
-    return math.prod(shape[:-1])
+    return fans(shape)[0]
+
+
+def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """Keras ``he_uniform``: U(+-sqrt(6 / fan_in)).
+
+    ``fan_in`` as `fan_in` for kernels and, as in Keras, the length of a 1-D
+    (bias) shape.
+
+    Example:
+        >>> import jax
+        >>> from randjax.init import he_uniform
+        >>> bool((abs(he_uniform(jax.random.key(0), (6, 4))) <= 1.0).all())
+        True
+
+    References:
+        He et al., "Delving Deep into Rectifiers", ICCV 2015; Keras
+        ``HeUniform``.
+    """
+    fan = shape[0] if len(shape) == 1 else fan_in(shape)
+    bound = math.sqrt(6.0 / fan)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+_INITIALIZERS: dict[str, Initializer] = {
+    "kaiming_normal": kaiming_normal,
+    "kaiming_uniform": initializers.variance_scaling(2.0, "fan_in", "uniform"),
+    "he_uniform": he_uniform,
+    "xavier_normal": initializers.variance_scaling(1.0, "fan_avg", "normal"),
+    "xavier_uniform": initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+    "lecun_normal": initializers.lecun_normal(),
+    "pytorch_default": initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+}
 
 
 def _signed_constant(density: float) -> Initializer:
-    kaiming = _INITIALIZERS["kaiming_normal"]
-
     def init(key, shape, dtype=jnp.float32):
         value = _GAIN / math.sqrt(fan_in(shape) * density)
-        w = kaiming(key, shape, jnp.float32)
+        w = kaiming_normal(key, shape, jnp.float32)
         return jnp.where(w < 0, -value, value).astype(dtype)
 
     return init
@@ -142,7 +187,7 @@ def scaled_signed_constant(density: float) -> Initializer:
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020.
     """
-    return _signed_constant(check_density(density))
+    return _signed_constant(tree.check_density(density))
 
 
 def scaled_kaiming_normal(density: float) -> Initializer:
@@ -152,13 +197,13 @@ def scaled_kaiming_normal(density: float) -> Initializer:
     key, ``kaiming_normal`` divided by ``sqrt(density)``.
 
     Args:
-        density: Python float in (0, 1], the fraction of weights kept.
+        density: the kept fraction, a Python float in (0, 1].
 
     Returns:
-        An initializer ``init(key, shape, dtype=float32)``.
+        The initializer ``init(key, shape, dtype=float32)`` of that variance.
 
     Raises:
-        ValueError: ``density`` is not in (0, 1].
+        ValueError: ``density`` outside (0, 1].
 
     Example:
         >>> import jax
@@ -170,7 +215,7 @@ def scaled_kaiming_normal(density: float) -> Initializer:
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020; He et al., ICCV 2015.
     """
-    density = check_density(density)
+    density = tree.check_density(density)
     return initializers.variance_scaling(2.0 / density, "fan_in", "normal")
 
 
@@ -219,141 +264,34 @@ def get(name: str, density: float = 1.0) -> Initializer:
             f"unknown initializer {name!r}; choose one of {names()}") from None
 
 
-# ---------------------------------------------------------------------------
-# Sparse and single-value initialisations of whole parameter trees (LaPerm,
-# Sec. 5.5): pure functions over params with a key, unlike the per-leaf
-# initializers above.
-
-
-def _selected_paths(params, filter):
-    """(path, leaf) of every leaf chosen by ``filter``, in flattening order."""
-    if not callable(filter):
-        raise ValueError(f"filter must be a callable filter(path, leaf), got {filter!r}")
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    chosen = [(path, leaf) for path, leaf in leaves
-              if hasattr(leaf, "ndim") and filter(path, leaf)]
-    if not chosen:
-        raise ValueError("the filter selects no leaf of params")
-    return chosen
-
-
-def _path_names(path) -> set[str]:
-    return {str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path}
-
-
-def random_prune(key: jax.Array, params, density: float, *, input_density: float = 0.8,
-                 input_layer: str | None = None, filter=None):
-    """Randomly zeroes each selected weight with probability ``1 - density``.
-
-    Every entry of a selected leaf is kept independently with probability
-    ``density`` (a Bernoulli mask, as the reference's ``random_prune``); the
-    input layer keeps ``max(density, input_density)`` instead, since pruning
-    the first layer hard cuts off input pixels. Pruned entries become +0.0;
-    under LaPerm the zeros are then permuted with the other values.
-
-    Args:
-        key: a `jax.random` key; leaf ``i`` (in flattening order among the
-            selected leaves) draws its mask with ``fold_in(key, i)``.
-        params: a parameter pytree.
-        density: Python float in (0, 1], the expected fraction kept.
-        input_density: Python float in [0, 1], the lowest fraction the input
-            layer keeps (0 prunes it like every other layer).
-        input_layer: the name of the input layer's module (a key in the
-            leaf's path, e.g. ``"Conv_0"``); default: the first selected
-            leaf in flattening order, which is ``Conv_0`` or ``Dense_0`` in
-            every `randjax.models` network.
-        filter: ``filter(path, leaf) -> bool`` selects the leaves to prune
-            (default: kernels, ``leaf.ndim >= 2``; biases and BatchNorm stay).
-
-    Returns:
-        ``params`` with the selected leaves masked (same shapes and dtypes).
-
-    Raises:
-        ValueError: ``density`` is not in (0, 1]; ``input_density`` is not
-            in [0, 1]; no leaf is selected; ``input_layer`` names no
-            selected leaf.
+def name_of(initializer: Callable) -> str | None:
+    """The registered name of ``initializer`` (the object `get` returns), or None.
 
     Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from randjax.init import random_prune
-        >>> params = {"Dense_0": {"kernel": jnp.ones((100, 100))},
-        ...           "Dense_1": {"kernel": jnp.ones((100, 100)), "bias": jnp.ones(100)}}
-        >>> pruned = random_prune(jax.random.key(0), params, 0.3)
-        >>> [round(float((pruned[k]["kernel"] != 0).mean()), 1) for k in params]
-        [0.8, 0.3]
-        >>> bool((pruned["Dense_1"]["bias"] == 1).all())
-        True
-
-    References:
-        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 5.4-5.5;
-        ihsuy/Train-by-Reconnect, weight_utils.random_prune.
+        >>> from randjax import init
+        >>> init.name_of(init.get("he_uniform")), init.name_of(lambda k, s, d: None)
+        ('he_uniform', None)
     """
-    density = check_density(density)
-    if (isinstance(input_density, bool) or not isinstance(input_density, numbers.Real)
-            or not 0.0 <= input_density <= 1.0):
-        raise ValueError(f"input_density must be a Python float in [0, 1], got {input_density!r}")
-    chosen = _selected_paths(params, is_kernel if filter is None else filter)
-    if input_layer is None:
-        first = {id(chosen[0][1])}
-    else:
-        first = {id(leaf) for path, leaf in chosen if input_layer in _path_names(path)}
-        if not first:
-            raise ValueError(f"input_layer {input_layer!r} names no selected leaf of params")
-    rates = {id(leaf): max(density, float(input_density)) if id(leaf) in first else density
-             for _, leaf in chosen}
-    keys = {id(leaf): jax.random.fold_in(key, i) for i, (_, leaf) in enumerate(chosen)}
-
-    def prune(leaf):
-        if id(leaf) not in rates:
-            return leaf
-        keep = jax.random.uniform(keys[id(leaf)], jnp.shape(leaf)) < rates[id(leaf)]
-        return jnp.where(keep, leaf, jnp.zeros((), jnp.result_type(leaf)))
-
-    return jax.tree.map(prune, params)
+    return next((name for name, fn in _INITIALIZERS.items() if fn is initializer), None)
 
 
-def shared_value(params, value: float, *, filter=None):
-    """Sets every nonzero weight of the selected leaves to one shared value.
-
-    With `random_prune` first this builds the paper's weight-agnostic
-    networks: every weight is 0 or ``value``, and LaPerm can only decide
-    where the zeros go. The reference's ``agnosticize(model, 0.01, (1, 4))``
-    is ``shared_value(random_prune(key, params, 0.25, input_density=0.0),
-    0.01)``.
+def resolve(value: str | Callable | None, name: str, density: float = 1.0
+            ) -> Callable | None:
+    """An initializer from a registered name or a callable; None passes through.
 
     Args:
-        params: a parameter pytree.
-        value: the shared value, a finite Python float.
-        filter: ``filter(path, leaf) -> bool`` selects the leaves (default:
-            kernels, ``leaf.ndim >= 2``).
-
-    Returns:
-        ``params`` with each selected leaf replaced by
-        ``where(leaf != 0, value, 0)`` (same shape and dtype).
+        value: None, a name from `names` (resolved by `get` with
+            ``density``) or an initializer ``init(key, shape, dtype)``.
+        name: the argument's name, for the error message.
+        density: the kept fraction for the ``scaled_*`` names.
 
     Raises:
-        ValueError: ``value`` is not a finite real number; no leaf is selected.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from randjax.init import shared_value
-        >>> shared_value({"kernel": jnp.array([[0.0, -2.0], [0.3, 0.0]])}, 0.5)["kernel"].tolist()
-        [[0.0, 0.5], [0.5, 0.0]]
-
-    References:
-        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 5.5;
-        ihsuy/Train-by-Reconnect, weight_utils.agnosticize.
+        ValueError: ``value`` is neither (the message lists the names).
     """
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)):
-        raise ValueError(f"value must be a finite Python float, got {value!r}")
-    chosen = {id(leaf) for _, leaf in
-              _selected_paths(params, is_kernel if filter is None else filter)}
-
-    def fill(leaf):
-        if id(leaf) not in chosen:
-            return leaf
-        dtype = jnp.result_type(leaf)
-        return jnp.where(leaf != 0, jnp.asarray(value, dtype), jnp.zeros((), dtype))
-
-    return jax.tree.map(fill, params)
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str):
+        return get(value, density=density)
+    raise ValueError(
+        f"{name} must be None, an initializer name ({names()}) or a "
+        f"callable init(key, shape, dtype), got {value!r}")

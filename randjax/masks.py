@@ -10,8 +10,9 @@ forward value is an exact 0/1 array and the backward pass is the identity
 
 `kth_largest` is the exact k-th largest value that `topk_mask` thresholds at.
 It never sorts: it maps the values to unsigned integer keys with the same
-order and selects the k-th largest key digit by digit (radix select), which
-is ~80x faster than ``jnp.sort`` on CPU for millions of elements.
+order (`order_key`) and selects the k-th largest key digit by digit (radix
+select), far faster than ``jnp.sort`` on CPU for millions of elements
+(``python -m experiments.benchmark --select_size=2000000`` measures both).
 
 References:
     Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?",
@@ -23,28 +24,28 @@ References:
 from __future__ import annotations
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["bernoulli_mask", "kth_largest", "threshold_mask", "topk_mask"]
+from randjax import tree
 
-# Selection strategy (see `_select`). Measured on a 2-core CPU (XLA:CPU,
-# jax 0.10.2), k-th largest of 2.4M float32 under jit, median of 7-15 runs:
-# jnp.sort ~950 ms (lax.top_k ~700 ms); bisection, one counting pass
-# `sum(keys >= candidate)` per bit (32 passes) ~50 ms; radix select with
-# scatter-add histograms of 4/8/11/16-bit digits (8/4/3/2 passes)
-# ~33/12/8/8 ms. So: 16-bit radix select on CPU (2 passes for float32, 1
-# for bfloat16). With the two-level histogram search, radix wins from ~30k
-# elements (235k: 1.4 vs 5.8 ms; 16k: 0.43 vs 0.42 ms); below, bisection
-# is as fast and compiles ~3x faster (0.1-0.2 s vs 0.4-0.5 s).
+__all__ = ["ROUNDINGS", "bernoulli_mask", "kth_largest", "order_key", "threshold_mask",
+           "topk_mask"]
+
+# Selection strategy (see `_select`): on CPU, radix select with 16-bit
+# scatter-add histograms (2 passes for float32, 1 for bfloat16) is the
+# fastest of the digit widths tried and far faster than a sort or than
+# bisection's one counting pass per bit; below ~2**15 elements bisection is
+# as fast and compiles faster. `experiments.benchmark --select_size=N` times
+# `kth_largest` against ``jnp.sort``.
 _RADIX_BITS = 16
 _RADIX_MIN_SIZE = 1 << 15
 _METHODS = ("auto", "radix", "bisect")
-_ROUNDINGS = ("round", "reference")
+#: The kept-count rules of `topk_mask` (its ``rounding`` argument).
+ROUNDINGS = ("round", "reference")
 
 
 # ---------------------------------------------------------------------------
@@ -73,17 +74,33 @@ def _max_key(udtype) -> np.generic:
     return udtype.type(np.iinfo(udtype).max)
 
 
-def _order_keys(x: jax.Array) -> jax.Array:
-    """Flattened unsigned keys whose integer order is ``jnp.sort``'s order.
+def order_key(x: jax.Array) -> jax.Array:
+    """Unsigned integer keys whose integer order is ``jnp.sort``'s order of ``x``.
 
+    The keys have the bit width of ``x``'s dtype (``uint32`` for float32).
     Floats: the sign bit of non-negatives is set and all bits of negatives
     are inverted, so keys increase with the value. As in ``jnp.sort``,
     every value with ``x == 0`` (-0.0, +0.0, and subnormals where the backend
     flushes them, as XLA:CPU does) gets the key of +0.0, and every NaN (any
     sign or payload) gets the largest key, above +inf. Signed integers: the
-    sign bit is flipped.
+    sign bit is flipped; unsigned integers are their own keys; bools are
+    ``uint8`` 0 / 1.
+
+    Args:
+        x: an array of a real floating, integer or bool dtype.
+
+    Returns:
+        The keys, of ``x``'s shape.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.masks import order_key
+        >>> x = jnp.array([2.0, -1.0, jnp.nan, -0.0, 0.0, -jnp.inf])
+        >>> jnp.argsort(order_key(x), stable=True).tolist()
+        [5, 1, 3, 4, 0, 2]
     """
-    x = x.ravel()
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint8)
     udtype = _key_dtype(x.dtype)
     if jnp.issubdtype(x.dtype, jnp.unsignedinteger):
         return x
@@ -97,7 +114,7 @@ def _order_keys(x: jax.Array) -> jax.Array:
 
 
 def _from_key(key: jax.Array, dtype) -> jax.Array:
-    """Inverts `_order_keys` for one key (zero and NaN keys excluded)."""
+    """Inverts `order_key` for one key (zero and NaN keys excluded)."""
     if jnp.issubdtype(dtype, jnp.unsignedinteger):
         return key
     sign = _sign_bit(key.dtype)
@@ -153,8 +170,8 @@ def _search_histogram(hist, rank, width):
     """The largest ``d`` with ``sum(hist[d:]) >= rank``, and ``sum(hist[d+1:])``.
 
     Two levels, rows of ``2**(width // 2)`` bins: suffix sums over the row
-    totals find the row, then suffix sums within it. Touching each bin once
-    is ~6x faster on CPU than one masked sum over all bins per bit.
+    totals find the row, then suffix sums within it: each bin is touched
+    once, instead of once per bit by a masked sum over all bins.
     """
     side = 1 << (width // 2)
     rows = hist.reshape(-1, side)
@@ -212,34 +229,10 @@ def _nth_tie_index(eq, rank, from_end, method):
 # Validation.
 
 
-def _check_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(
-            f"{name} must be a Python int (static under jit), got {value!r}")
-    return int(value)
-
-
 def _check_size(x: jax.Array, name: str) -> None:
     if x.size == 0 or x.size >= 2**31:
         raise ValueError(
             f"{name} must have between 1 and 2**31 - 1 elements, got {x.size}")
-
-
-def _check_method(method: str) -> None:
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-
-
-def check_density(density) -> float:
-    """``density`` as a float, or ValueError unless a Python real in (0, 1]."""
-    if (isinstance(density, bool) or not isinstance(density, numbers.Real)
-            or isinstance(density, jax.Array)):
-        raise ValueError(
-            "density must be a Python float in (0, 1] (it fixes the static "
-            f"number of kept entries), got {density!r}")
-    if not 0.0 < float(density) <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density!r}")
-    return float(density)
 
 
 def _check_float(x: jax.Array, name: str) -> None:
@@ -270,10 +263,10 @@ def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
 
     The values are mapped to unsigned keys with the same order (sign bit of
     non-negatives set, all bits of negatives inverted; integers: sign bit
-    flipped) and the k-th largest key is selected digit by digit: on CPU,
-    for 2**16 elements or more, radix select with 16-bit histograms (2 passes
-    for float32, ~80x faster than ``jnp.sort`` at 2.4M elements); otherwise
-    bisection, one counting reduction per key bit. Each pass is O(n). When
+    flipped; see `order_key`) and the k-th largest key is selected digit by
+    digit: on CPU, for 2**15 elements or more, radix select with 16-bit
+    histograms (2 passes for float32); otherwise bisection, one counting
+    reduction per key bit. Each pass is O(n). When
     the answer is a zero or a NaN, one more selection (over flat indices)
     finds which of the tied elements the stable sort would return.
 
@@ -281,7 +274,7 @@ def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
         x: array of any shape (flattened) with a floating dtype (float16,
             bfloat16, float32, float64) or an integer dtype.
         k: Python int with ``1 <= k <= x.size``; static under `jax.jit`.
-        method: ``"auto"`` (radix on CPU from 2**16 elements, else bisect),
+        method: ``"auto"`` (radix on CPU from 2**15 elements, else bisect),
             ``"radix"`` or ``"bisect"``; all give the same result.
 
     Returns:
@@ -306,8 +299,8 @@ def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
     x = jnp.asarray(x)
     _check_sortable(x, "x")
     _check_size(x, "x")
-    k = _check_int(k, "k")
-    _check_method(method)
+    k = tree.check_int(k, "k", what="static under jit")
+    tree.check_choice(method, _METHODS, "method")
     if not 1 <= k <= x.size:
         raise ValueError(f"k must be in [1, x.size={x.size}], got {k}")
     return _kth_largest(x, k, method)
@@ -317,7 +310,7 @@ def kth_largest(x: jax.Array, k: int, *, method: str = "auto") -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _kth_largest(x, k, method):
     """`kth_largest` after validation."""
-    keys = _order_keys(x)
+    keys = order_key(x).ravel()
     key, rank = _select(keys, k, keys.dtype.itemsize * 8, method)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         return _from_key(key, x.dtype)
@@ -398,10 +391,8 @@ def topk_mask(scores: jax.Array, density: float, *,
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020; allenai/hidden-networks, utils/conv_type.py.
     """
-    density = check_density(density)
-    if rounding not in _ROUNDINGS:
-        raise ValueError(
-            f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    density = tree.check_density(density)
+    tree.check_choice(rounding, ROUNDINGS, "rounding")
     scores = jnp.asarray(scores)
     _check_float(scores, "scores")
     _check_size(scores, "scores")
@@ -420,7 +411,7 @@ def _topk_forward(scores, k):
     """The 0/1 top-k mask of `topk_mask` for a kept count ``k``."""
     if k == 0:
         return jnp.zeros_like(scores)
-    keys = _order_keys(scores)
+    keys = order_key(scores).ravel()
     key, rank = _select(keys, k, keys.dtype.itemsize * 8, "auto")
     eq = keys == key
     tie_count = jnp.sum(eq, dtype=jnp.int32)
@@ -522,13 +513,13 @@ def threshold_mask(logits: jax.Array) -> jax.Array:
     that of `bernoulli_mask`: ``upstream * sigmoid'(logits)``.
 
     Args:
-        logits: floating array of any shape, the mask logits.
+        logits: the mask logits, a floating array of any shape.
 
     Returns:
-        A 0/1 array with the shape and dtype of ``logits``.
+        The 0/1 mask, of the shape and dtype of ``logits``.
 
     Raises:
-        ValueError: ``logits`` is not floating.
+        ValueError: ``logits`` has no floating dtype.
 
     Example:
         >>> import jax.numpy as jnp

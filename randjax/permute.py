@@ -1,4 +1,4 @@
-"""Permutations of weight vectors: ranks, sorted copies, LaPerm's sync, analysis.
+"""Permutations of weight vectors: ranks, sorted copies, sync, Lehmer codes.
 
 LaPerm (Qiu & Suda, 2020) trains a network by *reconnecting* its initial
 weights: every few steps each weight vector is replaced by its own initial
@@ -11,7 +11,13 @@ arrays keep their shape (and sharding) and no Python loop runs over vectors.
 
 Ranks break ties by position (a stable sort), so `sync` is a deterministic
 function of its inputs even when weights repeat, as they do after random
-pruning (zeros) or with a single shared value.
+pruning (zeros) or with a single shared value. Values are ordered as by
+``jnp.sort`` (`randjax.masks.order_key`: -0.0 ties with +0.0, every NaN
+above +inf).
+
+`lehmer_code` / `from_lehmer` encode permutations compactly (LaPerm's
+export); measurements of permutations (ranking distance, cycles) are in
+`randjax.analysis`.
 
 References:
     Qiu & Suda, "Train by Reconnect: Decoupling Locations of Weights from
@@ -20,51 +26,45 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from randjax.init import is_kernel
+from randjax import tree
+from randjax.masks import order_key
 
 PyTree = Any
-Filter = Callable[[tuple, Any], bool]
 
-_is_none = lambda x: x is None
+__all__ = ["columns", "find_permutation", "from_lehmer", "lehmer_code", "ranks",
+           "sort_vectors", "sync", "sync_leaf"]
 
 
-def _columns(x: jax.Array) -> jax.Array:
-    """The weight vectors of ``x`` as the columns of a matrix."""
+def columns(x: jax.Array) -> jax.Array:
+    """The weight vectors of ``x`` as the columns of a matrix: ``x.reshape(-1, out)``.
+
+    A 1-D ``x`` is one vector (one column).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import columns
+        >>> columns(jnp.zeros((3, 3, 16, 32))).shape, columns(jnp.zeros(5)).shape
+        ((144, 32), (5, 1))
+    """
     if x.ndim <= 1:
         return x.reshape(-1, 1)
     return x.reshape(-1, x.shape[-1])
 
 
-def _sort_key(x: jax.Array) -> jax.Array:
-    """An integer array that sorts like ``x`` (floats: IEEE order, -0.0 == 0.0).
-
-    Floats are compared through their bit pattern, flipped so that negative
-    values order correctly (XLA's CPU sort compares floats through a slower
-    NaN-aware comparator).
-    """
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        return x
-    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)   # -0.0 ties with +0.0
-    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"int{8 * x.dtype.itemsize}"))
-    return jnp.where(bits < 0, bits ^ jnp.iinfo(bits.dtype).max, bits)
-
-
 def _unsigned_key(x: jax.Array) -> jax.Array | None:
-    """uint32 that sorts like ``x`` (unsigned order), or None past 32 bits."""
-    key = _sort_key(x)
-    if key.dtype.itemsize > 4 or jnp.issubdtype(key.dtype, jnp.bool_):
-        return None
-    if jnp.issubdtype(key.dtype, jnp.signedinteger):  # shift to unsigned order
-        key = key.astype(jnp.int32) - jnp.iinfo(key.dtype).min
-        return jax.lax.bitcast_convert_type(key, jnp.uint32)
-    return key.astype(jnp.uint32)
+    """uint32 that sorts like ``x`` (see `order_key`), or None past 32 bits.
+
+    XLA's CPU sort compares floats through a slower NaN-aware comparator;
+    their integer keys sort faster.
+    """
+    key = order_key(x)
+    return None if key.dtype.itemsize > 4 else key.astype(jnp.uint32)
 
 
 def _index_bits(n: int) -> int:
@@ -74,9 +74,9 @@ def _index_bits(n: int) -> int:
 def _radix_argsort(key: jax.Array) -> jax.Array:
     """Stable argsort of uint32 ``key`` along its last axis, by int32 sorts.
 
-    XLA's CPU sort is fast for one int32 operand (784x300 per row: 7 ms)
-    and slow for a (key, index) pair (49 ms, a generic comparator). So this
-    is an LSD radix sort whose passes are single-operand sorts of
+    XLA's CPU sort is fast for one int32 operand and several times slower
+    for a (key, index) pair, which takes a generic comparator. So this is an
+    LSD radix sort whose passes are single-operand sorts of
     ``digit << b | position`` (``b`` bits hold a position): each pass is
     stable by construction, and two passes cover 32 key bits while rows
     have at most 2**15 elements. `_argsort_last` needs it only for long
@@ -100,14 +100,14 @@ def _in_order(key_a, order_a, key_b, order_b) -> jax.Array:
     return (key_a < key_b) | ((key_a == key_b) & (order_a < order_b))
 
 
-def _coarse_rank_key(x: jax.Array, key: jax.Array, bits: int) -> jax.Array:
+def _coarse_rank_key(x: jax.Array, bits: int) -> jax.Array:
     """int32 in ``[0, 2**bits)``, non-decreasing in ``x`` along the last axis.
 
     Each row's finite range is cut into ``2**bits`` equal steps (``bits <=
     24``, which float32 counts exactly). Rounded float32 arithmetic is
     monotone, so the result never inverts the order of ``x``; it may only
-    tie close values. Infinities and NaNs, which sort below or above every
-    finite value (see `_sort_key`), go to the ends.
+    tie close values. -inf goes to the bottom, +inf and every NaN (which
+    sort above every finite value, see `order_key`) to the top.
     """
     v = x.astype(jnp.float32)
     finite = jnp.isfinite(v)
@@ -117,7 +117,7 @@ def _coarse_rank_key(x: jax.Array, key: jax.Array, bits: int) -> jax.Array:
     scale = top / jnp.where(high > low, high - low, jnp.inf)
     # No range, or one that overflows or flushes to zero: one step for all.
     steps = jnp.where(jnp.isfinite(scale) & (scale > 0), (v - low) * scale, 0.0)
-    ends = jnp.where(key >> 31 == 1, top, 0)               # +inf, +NaN: top
+    ends = jnp.where(jnp.isnan(v) | (v > 0), top, 0)       # +inf, NaN: top
     return jnp.where(finite, jnp.clip(jnp.floor(steps), 0, top), ends).astype(jnp.int32)
 
 
@@ -151,7 +151,7 @@ def _one_sort_argsort(x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Arra
         over all rows) is true.
     """
     index_bits = _index_bits(key.shape[-1])
-    coarse = _coarse_rank_key(x, key, min(31 - index_bits, 24))
+    coarse = _coarse_rank_key(x, min(31 - index_bits, 24))
     position = jax.lax.broadcasted_iota(jnp.int32, key.shape, key.ndim - 1)
     order = jnp.sort((coarse << index_bits) | position, axis=-1) & ((1 << index_bits) - 1)
     ordered, order = _swap_inverted_pairs(jnp.take_along_axis(key, order, axis=-1), order)
@@ -183,7 +183,7 @@ def _argsort(x: jax.Array, axis: int) -> jax.Array:
         last = lambda a: jnp.moveaxis(a, axis, -1)
         return jnp.moveaxis(_argsort_last(last(x), last(key)), -1, axis)
     index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    return jax.lax.sort((_sort_key(x), index), dimension=axis, is_stable=True,
+    return jax.lax.sort((order_key(x), index), dimension=axis, is_stable=True,
                         num_keys=1)[1]
 
 
@@ -228,14 +228,14 @@ def ranks(x: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
 
 
 def _sort_leaf(x: jax.Array) -> jax.Array:
-    return jnp.sort(_columns(x), axis=0).reshape(x.shape)
+    return jnp.sort(columns(x), axis=0).reshape(x.shape)
 
 
-def _selected(path, leaf, filter: Filter) -> bool:
+def _selected(path, leaf, filter: tree.Filter) -> bool:
     return hasattr(leaf, "ndim") and hasattr(leaf, "dtype") and bool(filter(path, leaf))
 
 
-def sort_vectors(params: PyTree, *, filter: Filter | None = None) -> PyTree:
+def sort_vectors(params: PyTree, *, filter: tree.Filter | None = None) -> PyTree:
     """Sorted copy of every weight vector of the leaves chosen by ``filter``.
 
     Args:
@@ -260,16 +260,30 @@ def sort_vectors(params: PyTree, *, filter: Filter | None = None) -> PyTree:
     References:
         Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Alg. 1 (theta_sorted).
     """
-    filter = is_kernel if filter is None else filter
-    if not callable(filter):
-        raise ValueError(f"filter must be a callable filter(path, leaf), got {filter!r}")
+    filter = tree.is_kernel if filter is None else tree.check_filter(filter)
     return jax.tree_util.tree_map_with_path(
         lambda path, x: _sort_leaf(jnp.asarray(x)) if _selected(path, x, filter) else None,
         params)
 
 
-def _sync_leaf(sorted0: jax.Array, w: jax.Array) -> jax.Array:
-    s, v = _columns(sorted0), _columns(w)
+def sync_leaf(sorted0: jax.Array, w: jax.Array) -> jax.Array:
+    """One leaf of `sync`: each vector of ``sorted0`` placed in the ranking of ``w``.
+
+    Args:
+        sorted0: a leaf of `sort_vectors` (each column sorted ascending).
+        w: an array of its shape.
+
+    Returns:
+        ``sorted0[ranks(w)]`` per column of ``reshape(-1, out)``, of
+        ``sorted0``'s shape and dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.permute import sync_leaf
+        >>> sync_leaf(jnp.array([1., 2., 3.]), jnp.array([0.5, -4., 0.1])).tolist()
+        [3.0, 1.0, 2.0]
+    """
+    s, v = columns(sorted0), columns(w)
     # target[order[j]] = sorted0[j]: the j-th smallest weight of the vector
     # takes the j-th smallest initial value, i.e. sorted0[ranks(w)], with one
     # sort and one scatter instead of two sorts and a gather.
@@ -308,7 +322,7 @@ def sync(sorted0: PyTree, params: PyTree) -> PyTree:
     References:
         Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 4, Alg. 1.
     """
-    s_leaves, s_def = jax.tree.flatten(sorted0, is_leaf=_is_none)
+    s_leaves, s_def = jax.tree.flatten(sorted0, is_leaf=tree.is_none)
     try:
         p_leaves = s_def.flatten_up_to(params)
     except (ValueError, TypeError) as error:
@@ -321,47 +335,8 @@ def sync(sorted0: PyTree, params: PyTree) -> PyTree:
         if jnp.shape(s) != jnp.shape(p):
             raise ValueError(f"sync: a leaf of shape {jnp.shape(p)} has a sorted copy "
                              f"of shape {jnp.shape(s)}")
-        out.append(_sync_leaf(jnp.asarray(s), jnp.asarray(p)).astype(jnp.result_type(p)))
+        out.append(sync_leaf(jnp.asarray(s), jnp.asarray(p)).astype(jnp.result_type(p)))
     return s_def.unflatten(out)
-
-
-def ranking_distance(w_prev: jax.typing.ArrayLike,
-                     w_now: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """Mean and standard deviation of how far the weights moved in rank.
-
-    With ``R_t`` the rank of every weight within its weight vector, the
-    ranking distance is ``|R_t - R_{t-1}|`` elementwise; its mean and std
-    over the whole matrix measure how much training reorders the weights.
-
-    Args:
-        w_prev: a kernel (or one vector) at an earlier time.
-        w_now: the same kernel later, of the same shape.
-
-    Returns:
-        ``(mean, std)`` of ``|ranks(w_now) - ranks(w_prev)|`` as float32
-        scalars (ranks per weight vector, i.e. per column of
-        ``reshape(-1, out)``).
-
-    Raises:
-        ValueError: the shapes differ or the arrays are empty.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from randjax.permute import ranking_distance
-        >>> mean, std = ranking_distance(jnp.array([1., 2., 3., 4.]),
-        ...                              jnp.array([4., 2., 3., 1.]))
-        >>> float(mean), float(std)
-        (1.5, 1.5)
-
-    References:
-        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 3 (Fig. 2).
-    """
-    w_prev, w_now = _check_array(w_prev, "w_prev"), _check_array(w_now, "w_now")
-    if w_prev.shape != w_now.shape:
-        raise ValueError(f"ranking_distance: shapes differ, {w_prev.shape} vs {w_now.shape}")
-    moved = jnp.abs(ranks(_columns(w_now), 0) - ranks(_columns(w_prev), 0))
-    moved = moved.astype(jnp.float32)
-    return moved.mean(), moved.std()
 
 
 def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike) -> jax.Array:
@@ -390,55 +365,8 @@ def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike) -> jax.A
     w0, w = _check_array(w0, "w0"), _check_array(w, "w")
     if w0.shape != w.shape:
         raise ValueError(f"find_permutation: shapes differ, {w0.shape} vs {w.shape}")
-    order0 = _argsort(_columns(w0), 0)
-    return jnp.take_along_axis(order0, ranks(_columns(w), 0), axis=0)
-
-
-def cycles(perm: np.typing.ArrayLike) -> list[tuple[int, ...]]:
-    """Cycle decomposition of a permutation (host side, NumPy).
-
-    ``perm`` maps ``i -> perm[i]``. Every cycle ``(i, perm[i], perm[perm[i]],
-    ...)`` starts at its smallest element and the cycles are listed by their
-    first element; fixed points are cycles of length 1. Runs on the host in
-    O(n) Python steps: meant for analysing one weight vector, not for jit.
-
-    Args:
-        perm: a 1-D permutation of ``0 .. n-1`` (e.g. one column of
-            `find_permutation`).
-
-    Returns:
-        The list of cycles, as tuples of Python ints.
-
-    Raises:
-        ValueError: ``perm`` is not a 1-D permutation of ``0 .. n-1``.
-
-    Example:
-        >>> from randjax.permute import cycles
-        >>> cycles([2, 0, 1, 3, 5, 4])
-        [(0, 2, 1), (3,), (4, 5)]
-
-    References:
-        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Appendix A.4.
-    """
-    perm = np.asarray(perm)
-    if perm.ndim == 1 and perm.size == 0:
-        return []
-    if (perm.ndim != 1 or not np.issubdtype(perm.dtype, np.integer)
-            or not np.array_equal(np.sort(perm), np.arange(perm.size))):
-        raise ValueError(f"cycles needs a 1-D integer permutation of 0..n-1, got {perm!r}")
-    perm = perm.tolist()
-    seen = [False] * len(perm)
-    result = []
-    for start in range(len(perm)):
-        if seen[start]:
-            continue
-        cycle, i = [], start
-        while not seen[i]:
-            seen[i] = True
-            cycle.append(i)
-            i = perm[i]
-        result.append(tuple(cycle))
-    return result
+    order0 = _argsort(columns(w0), 0)
+    return jnp.take_along_axis(order0, ranks(columns(w), 0), axis=0)
 
 
 def _check_columns_permutation(perm: np.ndarray, name: str) -> np.ndarray:

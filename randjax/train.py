@@ -1,7 +1,9 @@
 """One jitted, data-parallel training loop for every method.
 
 `fit` trains any Flax Linen model under any `Reparam` (dense, edge-popup,
-Slot Machines, masked training, ...) with any optax transformation:
+Slot Machines, masked training, ...) with any optax transformation, applied
+with `randjax.apply_updates` (so projections such as LaPerm's hold exactly);
+it knows methods only through that protocol (`randjax.reparam`):
 
 * the data set lives on the device; each epoch's batches are drawn by a
   permutation and the whole epoch (full batches, then the remainder batch,
@@ -25,7 +27,8 @@ import hashlib
 import json
 import pathlib
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +41,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from randjax import data as data_lib
-from randjax.reconnect import apply_updates
-from randjax.reparam import Reparam, dense
+from randjax.reparam import Reparam, apply_updates, dense
 
 PyTree = Any
 EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
@@ -305,11 +307,20 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState):
     return state, progress
 
 
-def _read_history(path: pathlib.Path, up_to_epoch: int) -> list[dict]:
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The per-epoch records of a run: its ``metrics.jsonl``, one dict per epoch.
+
+    Raises:
+        FileNotFoundError: ``workdir`` holds no ``metrics.jsonl``.
+    """
+    path = pathlib.Path(workdir) / "metrics.jsonl"
     if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [r for r in records if r["epoch"] <= up_to_epoch]
+        raise FileNotFoundError(f"{path} does not exist: is {workdir} a run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _history(workdir: pathlib.Path) -> list[dict]:
+    return read_metrics(workdir) if (workdir / "metrics.jsonl").exists() else []
 
 
 def _learning_rate(opt_state) -> float | None:
@@ -360,7 +371,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         eval_transform: ``transform(state) -> state`` applied (jitted) to
             the state before validation and test evaluation, never to
             training; e.g. LaPerm's projection onto the permutations of the
-            initial weights (`randjax.reconnect.synced_params`), so that
+            initial weights (`randjax.methods.laperm.synced_state`), so that
             accuracy is measured right after a sync. Its ``__name__`` is
             recorded as ``eval_transform`` in every metrics record.
         devices: devices of the data mesh (default: all local devices).
@@ -417,7 +428,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
                                                  enable_async_checkpointing=False))
         if manager.latest_step() is not None:
             state, prog = _restore(manager, state)
-            history = _read_history(workdir / "metrics.jsonl", int(prog.epoch))
+            history = [r for r in _history(workdir) if r["epoch"] <= int(prog.epoch)]
 
     step_losses = []
     start_epoch = int(prog.epoch)

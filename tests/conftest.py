@@ -17,6 +17,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits data set (default split), loaded once per session."""
+    import randjax
+    return randjax.data.load("digits")
+
+
 def _run_module(*args, timeout=900):
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           timeout=timeout, check=False)

@@ -338,7 +338,7 @@ def test_bernoulli_mask_gradient_through_sigmoid(use_jit):
     key = jax.random.key(3)
     logits = jnp.linspace(-6.0, 6.0, 24).reshape(4, 6)
     w = jnp.asarray(np.random.default_rng(8).normal(size=(4, 6)), jnp.float32)
-    grad_fn = jax.grad(lambda l: (bernoulli_mask(key, l) * w).sum())
+    grad_fn = jax.grad(lambda z: (bernoulli_mask(key, z) * w).sum())
     grad_fn = jax.jit(grad_fn) if use_jit else grad_fn
     np.testing.assert_allclose(grad_fn(logits), w * _sigmoid_slope(logits),
                                rtol=1e-5, atol=1e-7)
@@ -361,7 +361,7 @@ def test_bernoulli_mask_bfloat16_and_raw_keys():
     mask = bernoulli_mask(jax.random.PRNGKey(0), logits)
     assert mask.dtype == jnp.bfloat16
     assert set(np.unique(np.asarray(mask, np.float32)).tolist()) <= {0.0, 1.0}
-    grads = jax.grad(lambda l: bernoulli_mask(jax.random.PRNGKey(0), l)
+    grads = jax.grad(lambda z: bernoulli_mask(jax.random.PRNGKey(0), z)
                      .astype(jnp.float32).sum())(logits)
     assert grads.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(grads, np.float32),
@@ -380,7 +380,7 @@ def test_threshold_mask(use_jit):
     np.testing.assert_array_equal(fn(logits), [0, 0, 0, 1, 1, 0])
     finite = logits[:5]
     w = jnp.arange(1.0, 6.0)
-    grads = jax.grad(lambda l: (fn(l) * w).sum())(finite)
+    grads = jax.grad(lambda z: (fn(z) * w).sum())(finite)
     np.testing.assert_allclose(grads, w * _sigmoid_slope(finite), rtol=1e-6)
     with pytest.raises(ValueError, match="floating dtype"):
         threshold_mask(jnp.zeros(3, jnp.int32))

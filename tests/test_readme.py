@@ -20,7 +20,7 @@ def test_python_block_runs(index):
 
 
 def test_quick_start_commands():
-    assert "pip install . && python -m experiments.quickstart" in README
+    assert "pip install '.[experiments]' && python -m experiments.quickstart" in README
     marker = README.index("<!-- test-command")
     command = re.search(r"```bash\n(.*?)\n```", README[marker:], re.S).group(1)
     assert command == "pip install '.[test]' && python -m pytest -n auto"

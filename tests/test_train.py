@@ -11,11 +11,6 @@ import randjax
 from randjax import data, models, train
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load("digits", val_fraction=0.1, seed=0)
-
-
 def small_mlp():
     return models.get("lenet300_100", width=0.25)
 
@@ -61,7 +56,8 @@ def test_files_and_summary(digits, tmp_path):
                 "final_train_loss", "steps", "num_devices", "wall_seconds",
                 "params_sha256"):
         assert summary[key] is not None, key
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in
+               (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert [r["hook_epoch"] for r in records] == [1, 2, 3]
     assert [r["step_again"] for r in records] == [r["step"] for r in records]

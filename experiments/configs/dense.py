@@ -3,10 +3,15 @@
     python -m experiments.train --config=experiments/configs/dense.py \
         --config.model=lenet300_100 --config.dataset=fashion_mnist \
         --config.epochs=10 --workdir=runs/dense
+
+Every method's config starts from this one and adds its own fields.
 """
 
 import ml_collections
 from ml_collections import config_dict
+
+import randjax
+from experiments import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Model (see randjax.models.get; None keeps the model's own default).
     config.model = "lenet300_100"
-    config.init = "kaiming_normal"
+    config.init = "kaiming_normal"  # the kernels' initializer (randjax.init.names())
     config.width = 1.0
     config.use_bias = config_dict.placeholder(bool)
     config.batch_norm = config_dict.placeholder(bool)
@@ -40,9 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0
     config.lr_milestones = ()
     config.lr_gamma = 0.1
-    # optax.lookahead around the optimizer when set (slow weights evaluated).
-    config.lookahead_sync_period = config_dict.placeholder(int)
-    config.lookahead_step_size = 0.5
 
     # Loop.
     config.epochs = 10
@@ -52,3 +54,23 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 1
     config.seed = 0
     return config
+
+
+def hidden_networks(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with the optimiser of hidden-networks' learned dense baselines.
+
+    allenai/hidden-networks trains its dense baselines with SGD lr 0.01,
+    momentum 0.9, weight decay 1e-4 added to the gradient (PyTorch) and
+    ``cosine_lr`` set once per epoch.
+    """
+    config.update(optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-4,
+                  schedule="cosine_epoch")
+    return config
+
+
+def build(config: ml_collections.ConfigDict, optimizer) -> registry.Method:
+    del config
+    return registry.Method(randjax.dense(), optimizer)
+
+
+registry.register("dense", get_config=get_config, build=build)

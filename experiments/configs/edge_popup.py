@@ -11,6 +11,8 @@ on the scores, cosine schedule, batch 128.
 
 import ml_collections
 
+import randjax
+from experiments import registry
 from experiments.configs import dense
 
 
@@ -30,3 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 1e-4
     config.schedule = "cosine_epoch"
     return config
+
+
+def build(config: ml_collections.ConfigDict, optimizer) -> registry.Method:
+    reparam = randjax.edge_popup(
+        config.density, scope=config.scope, weight_init=config.init,
+        score_init=config.score_init, rounding=config.rounding,
+        scale_fan=config.scale_fan, store_weights=config.store_weights)
+    return registry.Method(reparam, optimizer)
+
+
+registry.register("edge_popup", get_config=get_config, build=build)

@@ -9,7 +9,7 @@ sets. ``--config.x=y`` overrides still apply after the preset.
 
 import ml_collections
 
-from experiments.configs import dense, edge_popup, laperm, slot_machine
+from experiments.configs import dense, edge_popup, laperm, lookahead, slot_machine
 
 
 def dense_lenet_fmnist() -> ml_collections.ConfigDict:
@@ -21,12 +21,11 @@ def dense_lenet_fmnist() -> ml_collections.ConfigDict:
     training image (no validation split), no augmentation, inputs scaled to
     [0, 1] then standardised.
     """
-    config = dense.get_config()
+    config = dense.hidden_networks(dense.get_config())
     config.update(
         dataset="fashion_mnist", val_fraction=0.0, normalize="standardize",
-        model="lenet300_100", use_bias=False, init="kaiming_normal",
-        optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-4,
-        schedule="cosine_epoch", epochs=10, batch_size=128)
+        model="lenet300_100", use_bias=False, init="kaiming_normal", epochs=10,
+        batch_size=128)
     return config
 
 
@@ -91,7 +90,7 @@ def laperm_lenet_fmnist() -> ml_collections.ConfigDict:
     (469 steps, the last of 96 images), all 60,000 training images, no
     augmentation, standardised inputs. Test accuracy per epoch is measured
     right after a sync (``laperm_eval="synced"``: the network a sync at the
-    epoch's last step gives, `randjax.reconnect.synced_params`); the
+    epoch's last step gives, `randjax.methods.laperm.synced_state`); the
     reference evaluates every ``validation_freq`` steps, a multiple of ``k``
     in its k=20 notebook (Conv7: 100), so also right after a sync.
     """
@@ -105,13 +104,7 @@ def laperm_lenet_fmnist() -> ml_collections.ConfigDict:
     return config
 
 
-def adam_lenet_fmnist() -> ml_collections.ConfigDict:
-    """`laperm_lenet_fmnist`'s model and initial weights, trained by plain Adam.
-
-    The same seed, model and initialisation (so the same theta_0), Adam lr
-    1e-3, 5 epochs, batch 128: the baseline LaPerm is compared with.
-    """
-    config = dense.get_config()
+def _adam_lenet_fmnist(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.update(
         dataset="fashion_mnist", val_fraction=0.0, normalize="standardize",
         model="lenet300_100", use_bias=True, init="kaiming_uniform",
@@ -120,13 +113,22 @@ def adam_lenet_fmnist() -> ml_collections.ConfigDict:
     return config
 
 
+def adam_lenet_fmnist() -> ml_collections.ConfigDict:
+    """`laperm_lenet_fmnist`'s model and initial weights, trained by plain Adam.
+
+    The same seed, model and initialisation (so the same theta_0), Adam lr
+    1e-3, 5 epochs, batch 128: the baseline LaPerm is compared with.
+    """
+    return _adam_lenet_fmnist(dense.get_config())
+
+
 def lookahead_lenet_fmnist() -> ml_collections.ConfigDict:
-    """`adam_lenet_fmnist` with `optax.lookahead` (k=5, alpha=0.5) around Adam.
+    """`adam_lenet_fmnist` with Lookahead (k=5, alpha=0.5) around Adam.
 
     Lookahead's default settings (Zhang et al., NeurIPS 2019); the slow
     weights are evaluated. The paper's third optimizer beside LaPerm and Adam.
     """
-    config = adam_lenet_fmnist()
+    config = _adam_lenet_fmnist(lookahead.get_config())
     config.update(lookahead_sync_period=5, lookahead_step_size=0.5)
     return config
 

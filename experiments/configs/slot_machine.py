@@ -15,6 +15,8 @@ and the option of the largest score is used (``selection="greedy"``; or
 import ml_collections
 from ml_collections import config_dict
 
+import randjax
+from experiments import registry
 from experiments.configs import dense
 
 
@@ -34,3 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.weight_decay = 0.0
     config.schedule = "constant"
     return config
+
+
+def build(config: ml_collections.ConfigDict, optimizer) -> registry.Method:
+    reparam = randjax.slot_machine(
+        config.k, selection=config.selection, init=config.slot_init,
+        eval_selection=config.eval_selection, shared_options=config.shared_options,
+        store_weights=config.store_weights)
+    return registry.Method(reparam, optimizer)
+
+
+registry.register("slot_machine", get_config=get_config, build=build)

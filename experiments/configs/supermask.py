@@ -11,6 +11,8 @@ frozen weight), so plain SGD needs a very large rate (the reference used
 
 import ml_collections
 
+import randjax
+from experiments import registry
 from experiments.configs import dense
 
 
@@ -26,3 +28,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = "adam"
     config.learning_rate = 0.1
     return config
+
+
+def build(config: ml_collections.ConfigDict, optimizer) -> registry.Method:
+    reparam = randjax.supermask(
+        logit_init=config.logit_init, sample_at_eval=config.sample_at_eval,
+        dynamic_scaling=config.dynamic_scaling, weight_init=config.init,
+        store_weights=config.store_weights)
+    return registry.Method(reparam, optimizer)
+
+
+registry.register("supermask", get_config=get_config, build=build)

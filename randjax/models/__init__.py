@@ -22,15 +22,25 @@ when ``batch_norm``.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
+import jax.numpy as jnp
 from flax import linen as nn
 
-from randjax.models.common import (
-    COMMON_OPTIONS, Model, global_avg_pool, he_uniform, kaiming_normal, max_pool, option_names,
-)
+from randjax import init as init_lib
+from randjax.init import he_uniform, kaiming_normal
+from randjax.models.common import COMMON_OPTIONS, Model, global_avg_pool, max_pool, option_names
 from randjax.models.conv import Conv2, Conv4, Conv6, Conv7, Conv8, Conv13, ConvNet
-from randjax.models.mlp import F1, F2, MLP, MLP400x3, LeNet300100
+from randjax.models.mlp import F1, F2, MLP, LeNet300100, MLP400x3
 from randjax.models.resnet import (
-    BasicBlock, ResNet, ResNet20, ResNet56, WideBlock, WideResNet, WRN16_8,
+    WRN16_8,
+    BasicBlock,
+    ResNet,
+    ResNet20,
+    ResNet56,
+    WideBlock,
+    WideResNet,
 )
 from randjax.models.vgg import VGG, VGG19
 
@@ -61,19 +71,19 @@ def get(name: str, **options) -> nn.Module:
     """Builds the model registered as ``name`` with the given options.
 
     Args:
-      name: one of `names()`.
-      **options: constructor options of that model (the common options and,
-        for residual nets, ``shortcut``); unspecified ones keep the model's
-        reference defaults.
+        name: one of `names()`.
+        **options: constructor options of that model (the common options and,
+            for residual nets, ``shortcut``); unspecified ones keep the model's
+            reference defaults.
 
     Returns:
-      An unbound ``flax.linen.Module``; ``__call__(x, train=False)`` maps an
-      NHWC batch to ``(batch, num_classes)`` logits.
+        An unbound ``flax.linen.Module``; ``__call__(x, train=False)`` maps an
+        NHWC batch to ``(batch, num_classes)`` logits.
 
     Raises:
-      ValueError: unknown ``name`` (the message lists the valid names) or an
-        invalid option value.
-      TypeError: an option the model does not accept (the message names it).
+        ValueError: unknown ``name`` (the message lists the valid names) or an
+            invalid option value.
+        TypeError: an option the model does not accept (the message names it).
     """
     try:
         cls = REGISTRY[name]
@@ -89,10 +99,67 @@ def get(name: str, **options) -> nn.Module:
     return cls(**options)
 
 
+def spec(model: nn.Module) -> dict:
+    """A JSON-able description of a zoo model: its name and non-default options.
+
+    Initializers are stored by their registered name (`randjax.init.name_of`)
+    and dtypes by name, so `from_spec` rebuilds an equal model.
+
+    Raises:
+        ValueError: ``model`` is not a zoo model, or an option is an
+            initializer that is not registered, or cannot be held by JSON.
+
+    Example:
+        >>> from randjax import models
+        >>> s = models.spec(models.get("conv4", width=0.5))
+        >>> s, models.from_spec(s) == models.get("conv4", width=0.5)
+        ({'model': 'conv4', 'options': {'width': 0.5}}, True)
+    """
+    names = {cls: name for name, cls in REGISTRY.items()}
+    if type(model) not in names:
+        raise ValueError(f"{type(model).__name__} is not a randjax.models zoo model "
+                         f"(registered: {', '.join(names.values())})")
+    defaults = {f.name: f.default for f in dataclasses.fields(type(model))}
+    options = {}
+    for name in option_names(type(model)):
+        value = getattr(model, name)
+        if value is defaults[name]:
+            continue
+        if callable(value) and not isinstance(value, type):
+            registered = init_lib.name_of(value)
+            if registered is None:
+                raise ValueError(f"the model's {name} is not a registered initializer "
+                                 f"(randjax.init.names()): {value!r}")
+            options[name] = {"initializer": registered}
+        elif name == "dtype":
+            options[name] = {"dtype": jnp.dtype(value).name}
+        elif value != defaults[name]:
+            options[name] = list(value) if isinstance(value, tuple) else value
+    try:
+        json.dumps(options)
+    except TypeError as error:
+        raise ValueError(f"the model's options cannot be stored as JSON: {error}") from None
+    return {"model": names[type(model)], "options": options}
+
+
+def from_spec(description: dict) -> nn.Module:
+    """The zoo model that `spec` described."""
+    options = {}
+    for name, value in description["options"].items():
+        if isinstance(value, dict) and "initializer" in value:
+            value = init_lib.get(value["initializer"])
+        elif isinstance(value, dict) and "dtype" in value:
+            value = jnp.dtype(value["dtype"])
+        elif isinstance(value, list):
+            value = tuple(value)
+        options[name] = value
+    return get(description["model"], **options)
+
+
 __all__ = [
     "COMMON_OPTIONS", "REGISTRY", "BasicBlock", "Conv2", "Conv4", "Conv6", "Conv7", "Conv8",
     "Conv13", "ConvNet", "F1", "F2", "LeNet300100", "MLP", "MLP400x3", "Model", "ResNet",
     "ResNet20", "ResNet56", "VGG", "VGG19", "WRN16_8", "WideBlock", "WideResNet",
-    "get", "global_avg_pool", "he_uniform", "kaiming_normal", "max_pool", "names",
-    "option_names",
+    "from_spec", "get", "global_avg_pool", "he_uniform", "kaiming_normal", "max_pool",
+    "names", "option_names", "spec",
 ]

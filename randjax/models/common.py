@@ -32,28 +32,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from randjax.init import kaiming_normal
+
 Initializer = Callable[..., jax.Array]
-
-kaiming_normal: Initializer = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-"""He et al. (2015) normal init, fan-in, untruncated: std = sqrt(2 / fan_in)."""
-
-
-def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-    """Keras ``he_uniform``: U(+-sqrt(6 / fan_in)), fan_in = product of all but
-    the last axis (``(in, out)`` dense, ``(h, w, in, out)`` conv kernels) and,
-    as in Keras, the length of a 1-D (bias) shape."""
-    fan_in = shape[0] if len(shape) == 1 else math.prod(shape[:-1])
-    bound = math.sqrt(6.0 / fan_in)
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
 
 # Fields of `Model` that every model accepts (the registry's option names).
 COMMON_OPTIONS = (
@@ -67,24 +56,24 @@ class Model(nn.Module):
     """Base class: the common options and the layer helpers built from them.
 
     Attributes:
-      num_classes: size of the output layer.
-      width: multiplier on every hidden width / channel count (rounded, >= 1);
-        the input and output sizes are not scaled.
-      use_bias: add biases to conv and dense layers.
-      batch_norm: insert BatchNorm where the model family puts it.
-      bn_affine: learn BatchNorm scale and offset; ``False`` gives the
-        non-affine BatchNorm of edge-popup (no ``scale``/``bias`` leaves).
-      bn_momentum: running-average decay in flax's convention
-        (0.9 == PyTorch ``momentum=0.1``).
-      bn_epsilon: BatchNorm epsilon.
-      bn_scale_init: initializer of the BatchNorm scale.
-      dropout: dropout rate, applied where each model's docstring says.
-      kernel_init: initializer of conv and dense kernels.
-      bias_init: initializer of conv and dense biases.
-      dtype: computation dtype (parameters stay float32).
-      fast_conv_grad: convs compute their kernel gradient with
-        `conv_general_dilated` (faster on CPU, same values); ``False`` uses
-        plain ``lax.conv_general_dilated`` (e.g. for forward-mode autodiff).
+        num_classes: size of the output layer.
+        width: multiplier on every hidden width / channel count (rounded, >= 1);
+            the input and output sizes are not scaled.
+        use_bias: add biases to conv and dense layers.
+        batch_norm: insert BatchNorm where the model family puts it.
+        bn_affine: learn BatchNorm scale and offset; ``False`` gives the
+            non-affine BatchNorm of edge-popup (no ``scale``/``bias`` leaves).
+        bn_momentum: running-average decay in flax's convention
+            (0.9 == PyTorch ``momentum=0.1``).
+        bn_epsilon: BatchNorm epsilon.
+        bn_scale_init: initializer of the BatchNorm scale.
+        dropout: dropout rate, applied where each model's docstring says.
+        kernel_init: initializer of conv and dense kernels.
+        bias_init: initializer of conv and dense biases.
+        dtype: computation dtype (parameters stay float32).
+        fast_conv_grad: convs compute their kernel gradient with
+            `conv_general_dilated` (faster on CPU, same values); ``False`` uses
+            plain ``lax.conv_general_dilated`` (e.g. for forward-mode autodiff).
     """
 
     num_classes: int = 10
@@ -162,20 +151,16 @@ class Model(nn.Module):
 # -- convolution with a fast kernel gradient on CPU ----------------------------
 #
 # XLA:CPU computes a conv's kernel gradient as a convolution whose window is the
-# whole feature map, far slower than the forward conv on large maps: on 2 CPU
-# cores, x (128, 32, 32, 64), kernel (3, 3, 64, 64), SAME, the forward takes
-# 0.21 s, the input gradient 0.25 s, the kernel gradient 2.2-3.1 s.  One 2-D
-# matmul per kernel tap, ``slice(x)^T @ dy`` with the slice a shifted, strided
-# window of the padded input, gives the same kernel gradient in 0.35-0.6 s (2x
-# faster with 16 channels on 32x32 maps, 3x with 128 on 16x16; XLA is a few ms
-# faster on single small layers, 8x8 or 16x16 with <= 32 channels, but keeping
-# XLA there made ResNet-20's step slower).  Training steps at batch 128 on
-# CIFAR-size inputs: Conv4 4.3 -> 1.5 s, Conv2 3.0 -> 0.9 s, ResNet-20
-# 1.9 -> 1.0 s.  Tried and slower: concatenating taps (im2col, or per kernel
-# row) into fewer, larger matmuls (faster only for 3-channel inputs, by ~25 ms);
-# shifting the output gradient instead of the input; einsum / dot_general over
-# the 4-D slices; channels-first slices.
-# On GPU/TPU (cuDNN) XLA's own kernel gradient is fast and is kept.
+# whole feature map, several times slower than the forward conv on large maps.
+# One 2-D matmul per kernel tap, ``slice(x)^T @ dy`` with the slice a shifted,
+# strided window of the padded input, gives the same kernel gradient much
+# faster (XLA stays a little faster on single small layers, but keeping it
+# there made ResNet-20's step slower). Tried and slower: concatenating taps
+# (im2col, or per kernel row) into fewer, larger matmuls; shifting the output
+# gradient instead of the input; einsum / dot_general over the 4-D slices;
+# channels-first slices. ``python -m experiments.benchmark --model=conv4
+# --nofast_conv_grad`` compares the two. On GPU/TPU (cuDNN) XLA's own kernel
+# gradient is fast and is kept.
 
 
 def _channels_last(nd: int) -> lax.ConvDimensionNumbers:
@@ -274,8 +259,7 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
 
     Values and gradients are those of ``nn.max_pool`` (the first maximum of a
     window takes the gradient); on CPU the gradient is an argmax + one-hot
-    instead of XLA's select-and-scatter, 3x faster: 79 vs 238 ms for
-    (128, 32, 32, 64) on 2 cores, about 0.25 s of a Conv4 step.
+    instead of XLA's select-and-scatter, which is several times slower there.
     """
     w = tuple(min(window, s) for s in x.shape[1:3])
     return _window_max(x, w)

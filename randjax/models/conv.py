@@ -7,9 +7,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 
-from randjax.models.common import (
-    Initializer, Model, flatten, he_uniform, max_pool, valid_or_same,
-)
+from randjax.init import he_uniform
+from randjax.models.common import Initializer, Model, flatten, max_pool, valid_or_same
 
 
 class ConvNet(Model):

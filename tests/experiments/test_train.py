@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+import optax
 import pytest
 
-from experiments import quickstart, train
+from experiments import quickstart, registry, train
 from experiments.configs import dense, presets
 
 
@@ -24,7 +25,7 @@ def test_cli_trains_then_resumes_and_extends(tmp_path, run_module):
     assert again["params_sha256"] == first["params_sha256"]
     run_module(*base, "--config.epochs=2")  # a larger budget trains on
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert json.loads((tmp_path / "config.json").read_text())["width"] == 0.25
 
 
@@ -80,11 +81,11 @@ def test_methods_through_train_and_evaluate(method):
     frozen = result.state.frozen["Dense_0"]["kernel"]
     assert frozen.shape == (2,) and str(frozen.dtype) == "uint32"  # lean: a key
     assert result.state.trainable["Dense_0"]["kernel"].shape == (64, 150)
-    reparam = train.make_reparam(config)
+    reparam = registry.build(config, optax.identity()).reparam
     assert (reparam.spec or {}).get("method", "supermask") == method
     config.method = "nope"
-    with pytest.raises(ValueError, match="unknown method 'nope'"):
-        train.make_reparam(config)
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of"):
+        registry.build(config, optax.identity())
     config.update(method=method, train_limit=0)
     with pytest.raises(ValueError, match="train_limit must be >= 1"):
         train.train_and_evaluate(config, None, progress=False)
@@ -215,7 +216,7 @@ def test_slot_lenet_fmnist_presets_match_the_reference_settings(k):
     assert {key: config[key] for key in expected} == expected
     assert "maxwell-aladago/slot-machines" in presets.PRESETS[
         f"slot_lenet_fmnist_k{k}"].__doc__
-    assert train.make_reparam(config).spec == dict(
+    assert registry.build(config, optax.identity()).reparam.spec == dict(
         method="slot_machine", k=k, selection="greedy", eval_selection="greedy",
         init="official", shared_options=False)
 
@@ -225,7 +226,7 @@ def test_slot_machine_through_train_and_evaluate():
     config = slot_machine.get_config()
     config.update(epochs=1, train_limit=500, width=0.5)
     from randjax import models
-    default = models.get(config.model).kernel_init  # no kernel_init passed
+    default = models.get(config.model).kernel_init  # config.init: the zoo's default
     assert train.make_model(config, 10).kernel_init is default
     result = train.train_and_evaluate(config, None, progress=False)
     assert result.summary["steps"] == math.ceil(500 / 128)
@@ -240,13 +241,14 @@ def test_laperm_presets_match_the_reference_settings_and_share_theta0():
 
     import randjax
     lp, adam = presets.get_config("laperm_lenet_fmnist"), presets.get_config("adam_lenet_fmnist")
-    common = {"method": "dense", "dataset": "fashion_mnist", "model": "lenet300_100",
+    common = {"dataset": "fashion_mnist", "model": "lenet300_100",
               "use_bias": True, "init": "kaiming_uniform", "optimizer": "adam",
               "learning_rate": 1e-3, "weight_decay": 0.0, "schedule": "constant",
               "epochs": 5, "batch_size": 128, "val_fraction": 0.0,
               "normalize": "standardize", "crop_padding": 0, "flip": False,
-              "drop_remainder": False, "train_limit": None, "lookahead_sync_period": None}
+              "drop_remainder": False, "train_limit": None}
     assert {k: lp[k] for k in common} == common == {k: adam[k] for k in common}
+    assert (lp.method, adam.method) == ("laperm", "dense")
     assert (lp.sync_period, lp.laperm_include_1d, lp.reset_inner_state,
             lp.laperm_eval) == (20, True, False, "synced")
     assert adam.get("sync_period") is None
@@ -256,12 +258,12 @@ def test_laperm_presets_match_the_reference_settings_and_share_theta0():
     assert float(abs(w).max()) <= math.sqrt(6 / 784) < float(abs(w).max()) * 1.001
     # The same initial weights: init_state depends on the seed, not the optimizer.
     states = [randjax.train.init_state(
-        train.make_model(c, 10), randjax.dense(), train.make_optimizer(c, 469),
+        train.make_model(c, 10), randjax.dense(), train.build_method(c, 60_000).optimizer,
         (28, 28, 1), jax.random.key(0)) for c in (lp, adam)]
     jax.tree.map(np.testing.assert_array_equal, states[0].trainable, states[1].trainable)
-    assert randjax.reconnect.laperm_states(states[0].opt_state)
-    assert not randjax.reconnect.laperm_states(states[1].opt_state)
-    sorted0 = randjax.reconnect.laperm_states(states[0].opt_state)[0].sorted0
+    assert randjax.methods.laperm.laperm_states(states[0].opt_state)
+    assert not randjax.methods.laperm.laperm_states(states[1].opt_state)
+    sorted0 = randjax.methods.laperm.laperm_states(states[0].opt_state)[0].sorted0
     assert sorted0["Dense_0"]["bias"] is not None  # biases synced too
     assert hasattr(states[1].opt_state, "hyperparams")  # plain inject_hyperparams(adam)
 
@@ -276,44 +278,43 @@ def test_laperm_through_train_and_evaluate_reports_synced_accuracy():
                   laperm_include_1d=True, val_fraction=0.0)
     result = train.train_and_evaluate(config, None, progress=False)
     record = result.history[-1]
-    assert result.summary["steps"] == 4 and record["eval_transform"] == "laperm_synced"
+    assert result.summary["steps"] == 4 and record["eval_transform"] == "synced_state"
     state = result.state
-    synced = randjax.reconnect.synced_params(state.trainable, state.opt_state)
+    synced = randjax.methods.laperm.synced_params(state.trainable, state.opt_state)
     assert not np.array_equal(synced["Dense_0"]["kernel"], state.trainable["Dense_0"]["kernel"])
     digits = randjax.data.load("digits", val_fraction=0.0)
     logits = train.make_model(config, 10).apply({"params": synced}, jnp.asarray(digits.test.x))
     accuracy = float((logits.argmax(-1) == jnp.asarray(digits.test.y)).mean())
     assert record["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     config.laperm_eval = "current"
-    assert train.make_eval_transform(config) is None
+    assert registry.build(config, optax.identity()).eval_transform is None
     config.laperm_eval = "nope"
     with pytest.raises(ValueError, match="unknown laperm_eval 'nope'"):
-        train.make_eval_transform(config)
+        registry.build(config, optax.identity())
 
 
-def test_make_optimizer_laperm_and_lookahead_options():
+def test_laperm_and_lookahead_wrap_the_configured_optimizer():
     import jax.numpy as jnp
-    import optax
 
     import randjax
-    from experiments.configs import edge_popup, laperm
+    from experiments.configs import edge_popup, laperm, lookahead
     config = laperm.get_config()
     config.update(sync_period=5, reset_inner_state=True)
     params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
-    state = train.make_optimizer(config, 10).init(params)
-    (lp_state,) = randjax.reconnect.laperm_states(state)
+    state = train.build_method(config, 1280).optimizer.init(params)
+    (lp_state,) = randjax.methods.laperm.laperm_states(state)
     assert lp_state.sorted0["b"] is None  # laperm_include_1d=False: kernels only
-    config.lookahead_sync_period = 5
-    with pytest.raises(ValueError, match="not both"):
-        train.make_optimizer(config, 10)
+    # A setting of another method is refused, not ignored.
     config = edge_popup.get_config()
-    config.lookahead_sync_period = 5
-    with pytest.raises(ValueError, match="need method='dense'"):
-        train.make_optimizer(config, 10)
-    config = dense.get_config()
+    config.sync_period = 5
+    with pytest.raises(ValueError, match=r"\['sync_period'\] are not settings of method "
+                                         "'edge_popup'"):
+        train.build_method(config, 1280)
+    config = lookahead.get_config()
     config.update(lookahead_sync_period=2, lookahead_step_size=0.5, learning_rate=0.1,
                   optimizer="sgd", momentum=0.0)
-    tx, rp = train.make_optimizer(config, 10), train.make_reparam(config)
+    method = train.build_method(config, 1280)
+    tx, rp = method.optimizer, method.reparam
     trainable, _ = rp.init(None, {"w": jnp.zeros(2)})
     state = tx.init(trainable)
     grads = optax.LookaheadParams(fast={"w": jnp.ones(2)}, slow={"w": jnp.zeros(2)})

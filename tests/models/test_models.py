@@ -1,6 +1,7 @@
 """Tests of the model zoo (randjax.models): shapes, parameter counts, options."""
 
 import functools
+import json
 import math
 
 import chex
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
 from randjax import models
@@ -27,7 +29,7 @@ def rkey(seed):
     return jax.random.key(seed, impl="rbg")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def abstract_variables(name, shape, **options):
     """Shapes of the variables and output of ``name`` on a batch of 2 (no FLOPs)."""
     model = models.get(name, **options)
@@ -342,3 +344,19 @@ def test_errors():
         models.get("conv13", dropout=(0.1, 0.2))
     with pytest.raises(ValueError, match="dropout"):
         models.get("conv13", dropout=(0.1, 0.2, 1.5))
+
+
+def test_spec_describes_a_zoo_model_by_name_and_options():
+    model = models.get("conv4", width=0.5, kernel_init=models.he_uniform, dtype=jnp.bfloat16,
+                       use_bias=True)
+    spec = models.spec(model)
+    assert spec == {"model": "conv4", "options": {
+        "width": 0.5, "kernel_init": {"initializer": "he_uniform"},
+        "dtype": {"dtype": "bfloat16"}, "use_bias": True}}
+    assert json.loads(json.dumps(spec)) == spec
+    assert models.from_spec(spec) == model
+    assert models.spec(models.get("lenet300_100")) == {"model": "lenet300_100", "options": {}}
+    with pytest.raises(ValueError, match="not a registered initializer"):
+        models.spec(models.get("conv4", kernel_init=lambda k, s, d=jnp.float32: None))
+    with pytest.raises(ValueError, match="is not a randjax.models zoo model"):
+        models.spec(nn.Dense(3))

@@ -57,7 +57,7 @@ def test_laperm_sweeps_write_records_and_figures(tmp_path, run_module):
 
 
 def test_edge_popup_sweeps_write_json_and_png(tmp_path, run_module):
-    run_module("experiments.edge_popup_sweeps", "--dataset=digits", "--sweeps=supermask",
+    run_module("experiments.edge_popup_sweeps", "--dataset=digits", "--studies=supermask",
                "--densities=0.1,0.5", "--epochs=2", f"--out_dir={tmp_path}")
     rows = {r["name"]: r for r in json.loads((tmp_path / "supermask.json").read_text())}
     assert set(rows) == {"edge_popup/0.1", "edge_popup/0.5", "supermask", "dense"}
@@ -67,6 +67,6 @@ def test_edge_popup_sweeps_write_json_and_png(tmp_path, run_module):
     assert (tmp_path / "supermask.png").stat().st_size > 10_000
     # A second call finds every run done and only redraws.
     out = run_module("experiments.edge_popup_sweeps", "--dataset=digits",
-                     "--sweeps=supermask", "--densities=0.1,0.5", "--epochs=2",
+                     "--studies=supermask", "--densities=0.1,0.5", "--epochs=2",
                      f"--out_dir={tmp_path}")
     assert ": test " not in out and "wrote" in out

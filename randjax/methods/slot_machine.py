@@ -6,12 +6,17 @@ trainable *scores*; the effective weight is the option whose score wins
 (``"sample"``, the paper's probabilistic selection, drawn at every forward
 pass). The weights themselves never change, only which option is used.
 
-Tree layout (as `randjax.edge_popup`): ``trainable`` and ``frozen`` have the
-container structure of ``params``, with ``None`` where a tree holds nothing.
+Tree layout (as `randjax.edge_popup`, see `randjax.tree`): ``trainable`` and
+``frozen`` have the container structure of ``params``, with ``None`` where a
+tree holds nothing.
 A leaf of shape ``S`` chosen by ``filter`` has its scores ``(*S, K)`` in
 ``trainable`` and its options ``(*S, K)`` (``(K,)`` with
 ``shared_options=True``; the options key's raw data with
 ``store_weights=False``) in ``frozen``.
+
+Export: the codec registered as ``"slot_machine"`` stores each leaf as its
+options' key and the greedy option's index at ``ceil(log2 K)`` bits per
+connection (`pack_indices`; `randjax.export.save`).
 
 References:
     Aladago & Torresani, "Slot Machines: Discovering Winning Combinations of
@@ -23,15 +28,16 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from randjax import reparam as reparam_lib
-from randjax.reparam import Reparam, is_kernel
+from randjax import export, tree
+from randjax import init as init_lib
+from randjax.reparam import Reparam
 
 __all__ = ["pack_indices", "slot_machine", "slot_select", "to_dense", "unpack_indices"]
 
@@ -48,18 +54,17 @@ def _uniform(key, shape, dtype, low, high):
     """`jax.random.uniform` drawn flat and reshaped.
 
     With partitionable threefry (JAX's default) a multi-dimensional draw
-    compiles 5-10x slower on CPU (a (3, 3, 16, 8, 16) draw: 5.8 s against
-    0.5 s flat); the runtime is the same.
+    compiles several times slower on CPU than a flat one; the values and
+    the runtime are the same.
     """
     flat = jax.random.uniform(key, (math.prod(shape),), dtype, low, high)
     return flat.reshape(shape)
 
 
 # Up to this K the selection is an unrolled loop over the K slices: one fused
-# elementwise pass, no index array and no gather. Measured on a 2-core CPU
-# (784x300 connections, K=8, jitted): loop 1.3 ms, argmax + take_along_axis
-# 1.7 ms, argmax + one-hot sum 3.7 ms; K=64 (1024x256): 27 / 66 / 110 ms.
-# Above it, the vectorised form keeps the program (and compile time) small.
+# elementwise pass, no index array and no gather, faster on CPU than argmax
+# with take_along_axis or a one-hot sum. Above it, the vectorised form keeps
+# the program (and compile time) small.
 _UNROLL_MAX = 64
 
 
@@ -87,8 +92,8 @@ def _sampled(options, scores, u):
     """Inverse-CDF sample from softmax(scores), ``u`` ~ U[0, 1) per connection.
 
     One uniform per connection instead of `jax.random.categorical`'s K
-    Gumbels: the same distribution, 5x faster on CPU (K=8, 235k connections:
-    5.4 vs 28.6 ms), where random bits dominate.
+    Gumbels: the same distribution from K times fewer random bits, which
+    dominate the cost on CPU.
     """
     k = scores.shape[-1]
     dtype = jnp.promote_types(scores.dtype, jnp.float32)
@@ -135,9 +140,7 @@ _slot.defvjp(_slot_fwd, _slot_bwd)
 
 
 def _check_mode(mode, name="mode"):
-    if mode not in _MODES:
-        raise ValueError(f"{name} must be one of {_MODES}, got {mode!r}")
-    return mode
+    return tree.check_choice(mode, _MODES, name)
 
 
 def slot_select(options: jax.Array, scores: jax.Array, *, mode: str = "greedy",
@@ -147,8 +150,8 @@ def slot_select(options: jax.Array, scores: jax.Array, *, mode: str = "greedy",
     ``mode="greedy"`` takes the option with the largest score (the first on
     ties); ``mode="sample"`` draws the index from ``softmax(scores)`` along
     the last axis with ``key`` (by inverse CDF from one uniform per
-    connection; `jax.random.categorical` would draw K Gumbels per connection,
-    5x slower on CPU, from the same distribution). The selection is
+    connection; `jax.random.categorical` would draw K Gumbels per connection
+    from the same distribution). The selection is
     piecewise constant, so the gradient is the paper's (Eq. 9):
     ``dL/dscores[..., k] = dL/dw[...] * options[..., k]`` for every ``k``,
     selected or not; ``options`` get a zero gradient.
@@ -171,7 +174,7 @@ def slot_select(options: jax.Array, scores: jax.Array, *, mode: str = "greedy",
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from randjax.slots import slot_select
+        >>> from randjax import slot_select
         >>> options = jnp.array([[-1., 2., 3.], [4., 5., 6.]])
         >>> scores = jnp.array([[0.1, 0.9, 0.3], [0.7, 0.2, 0.1]])
         >>> slot_select(options, scores)
@@ -201,15 +204,9 @@ def slot_select(options: jax.Array, scores: jax.Array, *, mode: str = "greedy",
 # Initializers of options and scores.
 
 
-def _fans(shape) -> tuple[int, int]:
-    """JAX-convention fans of a kernel (receptive field in both)."""
-    receptive = math.prod(shape[:-2])
-    return shape[-2] * receptive, shape[-1] * receptive
-
-
 def _bounds(init: str, shape) -> tuple[float, float]:
     """``(option bound, score bound)`` of a kernel of ``shape`` (without K)."""
-    fan_in, fan_out = _fans(shape)
+    fan_in, fan_out = init_lib.fans(shape)
     if init == "official":
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         return bound, bound
@@ -222,8 +219,9 @@ def _bounds(init: str, shape) -> tuple[float, float]:
 def _option_init(init: str, k: int, shared: bool) -> Callable:
     """``f(key, leaf_shape, dtype)`` drawing a leaf's options.
 
-    Cached, so `reparam._draw` (jitted, this function static) compiles each
-    shape once and ``init`` and ``apply`` run the same executable.
+    Cached, so `randjax.tree.draw` (jitted, this function static) compiles
+    each shape once and ``init``, ``apply`` and the export codec run the same
+    executable.
     """
 
     def draw(key, shape, dtype=jnp.float32):
@@ -244,14 +242,12 @@ def _scores(init: str, k: int, key, leaf) -> jax.Array:
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k must be a Python int >= 1 (options per connection), got {k!r}")
-    return int(k)
+    return tree.check_int(k, "k", minimum=1, what="options per connection")
 
 
 def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
                  eval_selection: str | None = None,
-                 filter: Callable[[tuple, Any], bool] = is_kernel,
+                 filter: tree.Filter = tree.is_kernel,
                  shared_options: bool = False, train_others: bool = False,
                  store_weights: bool = True) -> Reparam:
     """Slot Machines: train scores that pick one of K frozen random options.
@@ -283,7 +279,7 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
         init: ``"official"`` or ``"paper"``, see above.
         eval_selection: the mode at ``train=False``; None: ``selection``.
         filter: ``filter(path, leaf) -> bool`` picks the leaves (default
-            `is_kernel`, ndim >= 2; fans need a kernel).
+            `randjax.tree.is_kernel`, ndim >= 2; fans need a kernel).
         shared_options: one set of K options per leaf, shared by all its
             connections (frozen leaf of shape ``(K,)``); scores stay per
             connection.
@@ -305,8 +301,7 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
 
     Example:
         >>> import jax, jax.numpy as jnp, randjax
-        >>> from randjax.slots import slot_machine
-        >>> rp = slot_machine(4)
+        >>> rp = randjax.slot_machine(4)
         >>> trainable, frozen = rp.init(jax.random.key(0), {"w": jnp.ones((3, 5))})
         >>> trainable["w"].shape, frozen["w"].shape
         ((3, 5, 4), (3, 5, 4))
@@ -322,20 +317,20 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
     selection = _check_mode(selection, "selection")
     eval_selection = _check_mode(selection if eval_selection is None else eval_selection,
                                  "eval_selection")
-    if init not in _INITS:
-        raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-    shared_options = reparam_lib._check_bool(shared_options, "shared_options")
-    train_others = reparam_lib._check_bool(train_others, "train_others")
-    store_weights = reparam_lib._check_bool(store_weights, "store_weights")
+    tree.check_choice(init, _INITS, "init")
+    shared_options = tree.check_bool(shared_options, "shared_options")
+    train_others = tree.check_bool(train_others, "train_others")
+    store_weights = tree.check_bool(store_weights, "store_weights")
     option_init = _option_init(init, k, shared_options)
     spec = dict(method="slot_machine", k=k, selection=selection,
                 eval_selection=eval_selection, init=init, shared_options=shared_options)
 
     def init_fn(key, params):
         make = functools.partial(_scores, init, k)
-        return reparam_lib._split_params(
-            key, params, filter, make, option_init, train_others, "slot_machine",
-            (("init", init),), store_weights)
+        return tree.split(key, params, filter=filter, make_trainable=make,
+                          weight_init=option_init, train_others=train_others,
+                          method="slot_machine", named=(("init", init),),
+                          store_weights=store_weights)
 
     def apply(trainable, frozen, *, key=None, train=True, selection=None):
         mode = _check_mode(selection, "selection") if selection else (
@@ -344,16 +339,15 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
             raise ValueError(
                 f"slot_machine.apply samples (selection {mode!r} at train={train}) "
                 "and needs key=jax.random key, got None")
-        treedef, t_leaves, f_leaves = reparam_lib._pair_leaves(
-            trainable, frozen, "slot_machine")
+        paired = tree.pair(trainable, frozen, "slot_machine")
         effective = []
-        for i, (scores, stored) in enumerate(reparam_lib._selected(t_leaves, f_leaves)):
-            options = stored if store_weights else reparam_lib._draw(
+        for i, (scores, stored) in enumerate(paired.selected()):
+            options = stored if store_weights else tree.draw(
                 option_init, jax.random.wrap_key_data(stored), scores.shape[:-1],
                 scores.dtype)
             leaf_key = jax.random.fold_in(key, i) if mode == "sample" else None
             effective.append(slot_select(options, scores, mode=mode, key=leaf_key))
-        return reparam_lib._rebuild(treedef, t_leaves, f_leaves, effective)
+        return paired.rebuild(effective)
 
     return Reparam(init_fn, apply, spec)
 
@@ -378,8 +372,9 @@ def to_dense(reparam: Reparam, trainable: PyTree, frozen: PyTree) -> PyTree:
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from randjax.slots import slot_machine, to_dense
-        >>> rp = slot_machine(8, selection="sample")
+        >>> import randjax
+        >>> from randjax.methods.slot_machine import to_dense
+        >>> rp = randjax.slot_machine(8, selection="sample")
         >>> trainable, frozen = rp.init(jax.random.key(0), {"w": jnp.ones((2, 3))})
         >>> to_dense(rp, trainable, frozen)["w"].shape
         (2, 3)
@@ -419,7 +414,7 @@ def pack_indices(indices, k: int) -> tuple[np.ndarray, int]:
             [0, k).
 
     Example:
-        >>> from randjax.slots import pack_indices, unpack_indices
+        >>> from randjax.methods.slot_machine import pack_indices, unpack_indices
         >>> packed, bits = pack_indices([0, 5, 7, 2], 8)
         >>> bits, packed.nbytes, unpack_indices(packed, 8, 4).tolist()
         (3, 2, [0, 5, 7, 2])
@@ -457,7 +452,7 @@ def unpack_indices(packed, k: int, n: int) -> np.ndarray:
             uint8 or of the wrong length.
 
     Example:
-        >>> from randjax.slots import pack_indices, unpack_indices
+        >>> from randjax.methods.slot_machine import pack_indices, unpack_indices
         >>> unpack_indices(pack_indices([1, 0, 1], 2)[0], 2, 3).tolist()
         [1, 0, 1]
 
@@ -465,8 +460,7 @@ def unpack_indices(packed, k: int, n: int) -> np.ndarray:
         Aladago & Torresani, "Slot Machines", ICML 2021.
     """
     bits = _index_bits(k)
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    n = tree.check_int(n, "n", minimum=0)
     packed = np.asarray(packed)
     if packed.dtype != np.uint8 or packed.ndim != 1:
         raise ValueError(f"packed must be a 1-D uint8 array, got {packed.dtype} "
@@ -479,3 +473,45 @@ def unpack_indices(packed, k: int, n: int) -> np.ndarray:
         return np.zeros(n, np.int64)
     planes = np.unpackbits(packed, count=n * bits, bitorder="little").reshape(n, bits)
     return (planes.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(axis=1)
+
+
+# ---------------------------------------------------------------------------
+# Export: the options' key and the greedy index of every connection.
+
+
+def _option_init_of(spec) -> Callable:
+    return _option_init(spec["init"], spec["k"], spec["shared_options"])
+
+
+def _encode(spec, selected, key):
+    if spec["eval_selection"] != "greedy":
+        raise ValueError(
+            "export.save exports the one network a Slot Machine evaluates, but this "
+            f"one samples at evaluation (eval_selection={spec['eval_selection']!r}): "
+            "a new network at every call. To export its greedy network, build the "
+            "same slot_machine with eval_selection='greedy' (the trees are the same)")
+    shapes = [t.shape[:-1] for t, _, _ in selected]
+    described = f"slot_machine options (init={spec['init']!r}, k={spec['k']})"
+    keys = export.frozen_keys(_option_init_of(spec), described, shapes, selected, key)
+    return [(dict(key=kd, index=pack_indices(
+                np.asarray(jnp.argmax(t, axis=-1)).ravel(), spec["k"])[0]), shape)
+            for kd, (t, _, _), shape in zip(keys, selected, shapes)]
+
+
+def _decode(spec, arrays):
+    del arrays
+    option_init, k = _option_init_of(spec), spec["k"]
+
+    def rebuild(leaf, stored):
+        shape, dtype = tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])
+        options = np.asarray(tree.draw(option_init, jax.random.wrap_key_data(
+            jnp.asarray(stored["key"])), shape, dtype))
+        index = unpack_indices(stored["index"], k, math.prod(shape)).reshape(shape)
+        if options.ndim == 1:  # shared_options: K values for every connection
+            return jnp.asarray(options[index])
+        return jnp.asarray(np.take_along_axis(options, index[..., None], -1)[..., 0])
+
+    return rebuild
+
+
+export.register_codec("slot_machine", export.Codec(decode=_decode, encode=_encode))

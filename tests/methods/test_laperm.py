@@ -1,5 +1,6 @@
 """LaPerm as an optax transformation: sync schedule, exact permutation invariant,
-composition, jit, 8 devices, inner state, fit, and argument checks."""
+composition, jit, 8 devices, inner state, fit, argument checks, pruned and
+single-value starts, and save_permuted."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import optax
 import pytest
 
 import randjax
-from randjax import data, init, models
+from randjax import apply_updates, data, export, models
+from randjax.methods import laperm as laperm_lib
+from randjax.methods.laperm import LaPermState, laperm, laperm_states
 from randjax.permute import ranks
-from randjax.reconnect import LaPermState, apply_updates, laperm, laperm_states
 
 
 @functools.cache
@@ -140,7 +142,7 @@ def test_plain_optax_apply_updates_keeps_invariant_up_to_rounding():
 
 def test_pruned_single_value_init_permutes_zeros_with_ties():
     _, p0 = _lenet_params()
-    p0 = init.shared_value(init.random_prune(jax.random.key(1), p0, 0.3), 0.05)
+    p0 = laperm_lib.shared_value(laperm_lib.random_prune(jax.random.key(1), p0, 0.3), 0.05)
     params, state, _ = _train(laperm(optax.adam(1e-2), 4, include_1d=True), 12, params=p0)
     assert bool(state.synced)
     for name in p0:
@@ -211,7 +213,8 @@ def test_composes_in_chain_and_nested_states():
     # With hyperparameters injected into the inner optimizer.
     inner = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
     params, state, _ = _train(laperm(inner, 4), 8)
-    assert float(laperm_states(state)[0].inner_state.hyperparams["learning_rate"]) == np.float32(1e-3)
+    rate = laperm_states(state)[0].inner_state.hyperparams["learning_rate"]
+    assert float(rate) == np.float32(1e-3)
     assert _is_permutation_of(params["Dense_2"]["kernel"], p0["Dense_2"]["kernel"])
 
 
@@ -298,7 +301,7 @@ def test_bad_arguments_raise():
 
 def test_init_random_prune_and_shared_value():
     _, p0 = _lenet_params()
-    pruned = init.random_prune(jax.random.key(0), p0, 0.1)
+    pruned = laperm_lib.random_prune(jax.random.key(0), p0, 0.1)
     kept = {k: float((pruned[k]["kernel"] != 0).mean()) for k in p0}
     assert abs(kept["Dense_0"] - 0.8) < 0.02 and abs(kept["Dense_1"] - 0.1) < 0.02
     assert np.array_equal(pruned["Dense_0"]["bias"], p0["Dense_0"]["bias"])
@@ -307,25 +310,26 @@ def test_init_random_prune_and_shared_value():
     same = np.asarray(pruned["Dense_1"]["kernel"]) != 0
     np.testing.assert_array_equal(np.asarray(pruned["Dense_1"]["kernel"])[same],
                                   np.asarray(p0["Dense_1"]["kernel"])[same])
-    dense_first = init.random_prune(jax.random.key(0), p0, 0.9)    # max(0.9, 0.8)
+    dense_first = laperm_lib.random_prune(jax.random.key(0), p0, 0.9)    # max(0.9, 0.8)
     assert abs(float((dense_first["Dense_0"]["kernel"] != 0).mean()) - 0.9) < 0.02
-    flat = init.random_prune(jax.random.key(0), p0, 0.1, input_density=0.0)
+    flat = laperm_lib.random_prune(jax.random.key(0), p0, 0.1, input_density=0.0)
     assert abs(float((flat["Dense_0"]["kernel"] != 0).mean()) - 0.1) < 0.02
-    named = init.random_prune(jax.random.key(0), p0, 0.1, input_layer="Dense_2")
+    named = laperm_lib.random_prune(jax.random.key(0), p0, 0.1, input_layer="Dense_2")
     assert abs(float((named["Dense_0"]["kernel"] != 0).mean()) - 0.1) < 0.02
     assert float((named["Dense_2"]["kernel"] != 0).mean()) > 0.7
-    single = init.shared_value(pruned, 0.01)
-    assert set(np.unique(np.asarray(single["Dense_1"]["kernel"])).tolist()) == {0.0, np.float32(0.01)}
-    np.testing.assert_array_equal(single["Dense_1"]["kernel"] != 0, pruned["Dense_1"]["kernel"] != 0)
+    single = laperm_lib.shared_value(pruned, 0.01)
+    kernel = single["Dense_1"]["kernel"]
+    assert set(np.unique(np.asarray(kernel)).tolist()) == {0.0, np.float32(0.01)}
+    np.testing.assert_array_equal(kernel != 0, pruned["Dense_1"]["kernel"] != 0)
     for bad in (0.0, 1.5, True):
         with pytest.raises(ValueError, match="density"):
-            init.random_prune(jax.random.key(0), p0, bad)
+            laperm_lib.random_prune(jax.random.key(0), p0, bad)
     with pytest.raises(ValueError, match="input_density"):
-        init.random_prune(jax.random.key(0), p0, 0.5, input_density=2.0)
+        laperm_lib.random_prune(jax.random.key(0), p0, 0.5, input_density=2.0)
     with pytest.raises(ValueError, match="input_layer"):
-        init.random_prune(jax.random.key(0), p0, 0.5, input_layer="Conv_0")
+        laperm_lib.random_prune(jax.random.key(0), p0, 0.5, input_layer="Conv_0")
     with pytest.raises(ValueError, match="value"):
-        init.shared_value(p0, float("nan"))
+        laperm_lib.shared_value(p0, float("nan"))
 
 
 # --------------------------------------------------------------------------- #
@@ -349,7 +353,7 @@ MULTIDEVICE = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import NamedSharding, PartitionSpec as P
     from randjax import data, models
-    from randjax.reconnect import apply_updates, laperm
+    from randjax import apply_updates, laperm
     assert jax.device_count() == 8, jax.devices()
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
     ds = data.load("digits", val_fraction=0.0)
@@ -402,7 +406,7 @@ def test_eight_devices():
 
 
 def test_synced_params_projects_onto_permutations_of_theta0():
-    from randjax.reconnect import synced_params
+    from randjax.methods.laperm import synced_params
     _, params = _lenet_params()
     tx = laperm(optax.adam(1e-2), 1000, include_1d=True)
     trained, state, _ = _train(tx, 5)
@@ -416,3 +420,122 @@ def test_synced_params_projects_onto_permutations_of_theta0():
     # jit gives the same; no LaPerm state: params unchanged.
     jax.tree.map(np.testing.assert_array_equal, jax.jit(synced_params)(trained, state), synced)
     assert synced_params(trained, optax.adam(1e-3).init(trained)) is trained
+
+
+# ---------------------------------------------------------------------------
+# LaPerm: init key + per-vector permutations.
+
+
+def _lenet_with_biases(width=1.0):
+    return randjax.models.get("lenet300_100", use_bias=True, width=width,
+                              kernel_init=randjax.init.get("kaiming_uniform"))
+
+
+def _permuted(params, seed=0):
+    """Every vector (column of reshape(-1, out); 1-D: the leaf) randomly permuted."""
+    leaves, treedef = jax.tree.flatten(params)
+    out = []
+    for i, leaf in enumerate(leaves):
+        cols = np.asarray(leaf).reshape(-1, 1 if leaf.ndim == 1 else leaf.shape[-1])
+        rng = np.random.default_rng(seed + i)
+        perm = np.stack([rng.permutation(cols.shape[0]) for _ in range(cols.shape[1])], 1)
+        out.append(jnp.asarray(np.take_along_axis(cols, perm, 0).reshape(leaf.shape)))
+    return treedef.unflatten(out)
+
+
+def test_save_permuted_round_trip_smallest_dtype_and_lehmer(tmp_path):
+    model, key = _lenet_with_biases(), jax.random.key(5)
+    params0 = model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
+    params = _permuted(jax.tree.map(lambda b: b + 0.1 * jnp.arange(b.size).reshape(b.shape)
+                                    if b.ndim == 1 else b, params0))
+    # Biases of the init are zeros; give them values to permute (as a different init).
+    with pytest.raises(ValueError, match=r"\['Dense_0'\]\['bias'\] is not, per weight"):
+        laperm_lib.save_permuted(tmp_path / "x", params, model, key, (28, 28, 1),
+                             include_1d=True)
+    params = _permuted(params0)
+    x = jax.random.normal(jax.random.key(1), (8, 28, 28, 1))
+    logits = lambda p: np.asarray(jax.jit(model.apply)({"params": p}, x))
+    sizes = {}
+    for lehmer in (False, True):
+        info = laperm_lib.save_permuted(tmp_path / f"lp{lehmer}", params, model, key,
+                                    (28, 28, 1), include_1d=True, lehmer=lehmer)
+        rebuilt = export.load(info.path)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+            np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32)), rebuilt, params)
+        np.testing.assert_array_equal(logits(rebuilt), logits(params))
+        assert info.float32_bytes == 4 * 266_610
+        sizes[lehmer] = info.bytes
+    with np.load(tmp_path / "lpFalse.npz") as data:
+        dtypes = {name: str(data[name].dtype) for name in data.files
+                  if name.startswith("perm_")}
+    # Leaves in flattening order: Dense_0 bias (300), kernel (784 x 300), Dense_1
+    # bias (100), kernel (300 x 100), Dense_2 bias (10), kernel (100 x 10).
+    assert dtypes == {"perm_0": "uint16", "perm_1": "uint16", "perm_2": "uint8",
+                      "perm_3": "uint16", "perm_4": "uint8", "perm_5": "uint8"}
+    # Indices: 2 bytes per weight of the big layers (deflate takes some of the
+    # unused high bits); Lehmer codes: log2(n!) bits per vector, incompressible.
+    ratio = {lehmer: 4 * 266_610 / size for lehmer, size in sizes.items()}
+    assert 2.0 < ratio[False] < 3.2 and 3.5 < ratio[True] < 4.6, ratio
+
+
+def test_index_dtype_is_the_smallest_that_holds_the_positions():
+    assert [str(laperm_lib._index_dtype(n)) for n in (1, 256, 257, 65_536, 65_537)] == [
+        "uint8", "uint8", "uint16", "uint16", "uint32"]
+
+
+def test_save_permuted_after_laperm_fit_gives_identical_logits(tmp_path):
+    digits = randjax.data.load("digits", val_fraction=0.0)
+    model = _lenet_with_biases(width=0.25)
+    tx = randjax.laperm(optax.adam(1e-3), 7, include_1d=True)
+    result = randjax.fit(model, digits, tx, epochs=1, batch_size=64, seed=3,
+                         progress=False)
+    state = result.state
+    assert int(state.step) % 7 != 0  # the last step was not a sync step
+    with pytest.raises(ValueError, match="synced_params"):
+        laperm_lib.save_permuted(tmp_path / "a", state.trainable, model,
+                             randjax.train.model_key(3), (8, 8, 1), include_1d=True)
+    synced = randjax.methods.laperm.synced_params(state.trainable, state.opt_state)
+    info = laperm_lib.save_permuted(tmp_path / "fit", synced, model,
+                                randjax.train.model_key(3), (8, 8, 1), include_1d=True)
+    x = jnp.asarray(digits.test.x)
+    logits = lambda p: np.asarray(model.apply({"params": p}, x))
+    np.testing.assert_array_equal(logits(export.load(info.path)), logits(synced))
+    # Only kernels permuted: the biases are stored as they are.
+    kernels_only = randjax.laperm(optax.adam(1e-3), 7)
+    state = randjax.fit(model, digits, kernels_only, epochs=1, batch_size=64, seed=3,
+                        progress=False).state
+    synced = randjax.methods.laperm.synced_params(state.trainable, state.opt_state)
+    path = tmp_path / "kernels.npz"
+    laperm_lib.save_permuted(path, synced, model, randjax.train.model_key(3), (8, 8, 1),
+                         lehmer=True)
+    rebuilt = export.load(path)
+    jax.tree.map(np.testing.assert_array_equal, rebuilt, synced)
+    with np.load(path) as data:
+        assert {n.split("_")[0] for n in data.files} == {"spec", "init", "lehmer", "value"}
+
+
+def test_save_permuted_errors(tmp_path):
+    model, key = _lenet_with_biases(width=0.25), jax.random.key(0)
+    params = model.init(key, jnp.zeros((1, 8, 8, 1)))["params"]
+    save = lambda p, m=model, k=key, shape=(8, 8, 1), **kw: laperm_lib.save_permuted(
+        tmp_path / "e", p, m, k, shape, **kw)
+    save(params)  # the initial weights are a permutation of themselves
+    with pytest.raises(ValueError, match="wrong model, key or input_shape"):
+        save(params, k=jax.random.key(1))
+    moved = jax.tree.map(lambda w: w * 1.0001, params)
+    with pytest.raises(ValueError, match=r"\['Dense_0'\]\['kernel'\] is not, per weight"):
+        save(moved)
+    with pytest.raises(ValueError, match="structure of the model's initial parameters"):
+        save({"Dense_0": params["Dense_0"]})
+    with pytest.raises(ValueError, match="is float32"):
+        save(params, shape=(4, 4, 1))
+    with pytest.raises(ValueError, match="zoo model"):
+        save(params, m=object())
+    custom = randjax.models.get("lenet300_100", width=0.25,
+                                kernel_init=jax.nn.initializers.normal(0.1))
+    with pytest.raises(ValueError, match="kernel_init is not a registered initializer"):
+        save(params, m=custom)
+    with pytest.raises(ValueError, match="filter must be a callable"):
+        save(params, filter=3)
+    with pytest.raises(ValueError, match="lehmer must be a Python bool"):
+        save(params, lehmer=1)

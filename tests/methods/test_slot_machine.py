@@ -1,4 +1,4 @@
-"""Slot Machines: slot_select, the slot_machine reparametrization, index packing."""
+"""Slot Machines: slot_select, the slot_machine reparametrization, index packing, export."""
 
 import math
 
@@ -12,14 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import randjax
-from randjax import slots
-from randjax.slots import (
+from randjax import export
+from randjax.methods import slot_machine as slots
+from randjax.methods.slot_machine import (
     pack_indices,
     slot_machine,
     slot_select,
     to_dense,
     unpack_indices,
 )
+from tests.helpers import trained_scores
 
 
 def lenet():
@@ -316,3 +318,69 @@ def test_bad_calls():
         unpack_indices(np.zeros(1, np.uint8), 8, 4)
     with pytest.raises(ValueError, match="k must be a Python int"):
         unpack_indices(np.zeros(0, np.uint8), 0, 0)
+
+
+
+# ---------------------------------------------------------------------------
+# Slot Machines: options key + greedy indices at ceil(log2 K) bits.
+
+
+@pytest.mark.parametrize("store_weights", [True, False])
+@pytest.mark.parametrize("k", [2, 8])
+def test_slot_machine_round_trip_gives_identical_logits(tmp_path, k, store_weights):
+    model = lenet()
+    x = jax.random.normal(jax.random.key(1), (16, 784))
+    params = model.init(jax.random.key(0), x)["params"]
+    rp = randjax.slot_machine(k, store_weights=store_weights)
+    key = jax.random.key(3)
+    trainable, frozen = rp.init(key, params)
+    trainable = trained_scores(trainable)
+    info = export.save(tmp_path / "slots", rp, trainable, frozen,
+                       key=key if store_weights else None)
+    rebuilt = export.load(info.path)
+    effective = jax.jit(lambda t, f: rp.apply(t, f, train=False))(trainable, frozen)
+    jax.tree.map(np.testing.assert_array_equal, rebuilt, effective)
+    logits = lambda p: np.asarray(jax.jit(model.apply)({"params": p}, x))
+    np.testing.assert_array_equal(logits(rebuilt), logits(effective))
+    # 266,200 connections at log2(K) bits each, plus keys and the header.
+    bits = (k - 1).bit_length()
+    payload = -(-266_200 * bits // 8)
+    assert info.float32_bytes == 4 * 266_200
+    assert payload < info.bytes < payload + 3_000
+    assert info.ratio > 32 / bits * 0.95
+
+
+def test_slot_machine_shared_options_and_sample_selection(tmp_path):
+    params = {"a": jnp.ones((12, 7)), "b": jnp.ones(7), "c": jnp.ones((7, 3))}
+    rp = randjax.slot_machine(4, shared_options=True, init="paper")
+    trainable, frozen = rp.init(jax.random.key(2), params)
+    trainable = trained_scores(trainable)
+    export.save(tmp_path / "shared", rp, trainable, frozen, key=jax.random.key(2))
+    rebuilt = export.load(tmp_path / "shared.npz")
+    jax.tree.map(np.testing.assert_array_equal, rebuilt,
+                 rp.apply(trainable, frozen, train=False))
+    # Sampling at evaluation: no single network, refused.
+    sampler = randjax.slot_machine(4, selection="sample", store_weights=False)
+    trainable, frozen = sampler.init(jax.random.key(0), params)
+    with pytest.raises(ValueError, match="samples at evaluation"):
+        export.save(tmp_path / "s", sampler, trainable, frozen)
+    # Trained by sampling, evaluated greedily: its greedy network is exported.
+    greedy_eval = randjax.slot_machine(4, selection="sample", eval_selection="greedy",
+                                       store_weights=False)
+    export.save(tmp_path / "g", greedy_eval, trainable, frozen)
+    jax.tree.map(np.testing.assert_array_equal, export.load(tmp_path / "g.npz"),
+                 randjax.methods.slot_machine.to_dense(sampler, trainable, frozen))
+
+
+def test_slot_machine_export_errors(tmp_path):
+    params = {"w": jnp.ones((8, 4))}
+    rp = randjax.slot_machine(8)
+    trainable, frozen = rp.init(jax.random.key(0), params)
+    with pytest.raises(ValueError, match="pass key="):
+        export.save(tmp_path / "a", rp, trainable, frozen)
+    with pytest.raises(ValueError, match=r"frozen weight \['w'\] is not the draw"):
+        export.save(tmp_path / "a", rp, trainable, frozen, key=jax.random.key(1))
+    # Another init draws other options from the same key.
+    other = randjax.slot_machine(8, init="paper")
+    with pytest.raises(ValueError, match="is not the draw of slot_machine options"):
+        export.save(tmp_path / "a", other, trainable, frozen, key=jax.random.key(0))

@@ -1,0 +1,17 @@
+"""One module per method, named after it.
+
+Each module builds its method from the protocol in `randjax.reparam` (a
+`Reparam`, an optax transformation whose state may be a
+`randjax.reparam.Projection`, or both) and the toolkit in `randjax.tree`,
+and registers its export codec with `randjax.export.register_codec`:
+
+* `edge_popup`: Ramanujan et al., CVPR 2020 (top-k scores over frozen weights);
+* `supermask`: Zhou et al., NeurIPS 2019 (Bernoulli mask logits);
+* `slot_machine`: Aladago & Torresani, ICML 2021 (one of K random values);
+* `laperm`: Qiu & Suda, NeurIPS 2020 (permutations of the initial weights);
+* `lookahead`: Zhang et al., NeurIPS 2019 (the optimizer LaPerm is compared with).
+
+Their constructors are re-exported at the top level (`randjax.edge_popup`,
+`randjax.laperm`, ...); ``randjax.methods.<name>`` is the module, with the
+method's helpers (e.g. `randjax.methods.laperm.synced_params`).
+"""
