@@ -22,7 +22,7 @@ run, so an interrupted study resumes where it stopped) and a PNG:
   notebook's setup (`agnostic_study`), test accuracy per epoch (the paper
   reports ~85.5% and 78.1% on MNIST; here Fashion-MNIST);
 * ``ranking``: how far weights move in rank within their vectors
-  (`randjax.permute.ranking_distance` between consecutive epochs) while
+  (`randjax.analysis.ranking_distance` between consecutive epochs) while
   LeNet-300-100 trains with SGD, Adam, Adam + dropout 0.5 and Adam + L2
   (Fig. 3/12), per layer; an "epoch" here is ``ranking_train_limit``
   images, so the curve has ``ranking_epochs`` points.

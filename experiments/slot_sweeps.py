@@ -12,7 +12,7 @@ so an interrupted study resumes where it stopped) and, but ``memory``, a PNG:
 * ``sharing``: LeNet-300-100, greedy, one set of K options per layer shared
   by all its connections against independent options (the ``k`` runs);
 * ``finetune``: a greedy K=8 LeNet-300-100 trained ``--epochs``, converted
-  to plain weights (`randjax.slots.to_dense`) and trained on as a dense
+  to plain weights (`randjax.methods.slot_machine.to_dense`) and trained on as a dense
   network for ``--epochs`` more, against a dense network trained from its
   own random init for the same total epochs (the paper's "Slot Machines as
   initialisation");

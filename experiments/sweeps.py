@@ -166,7 +166,8 @@ def run_studies(studies: Mapping[str, Callable], config: ml_collections.ConfigDi
 # The command line: one flag per field of the study's config.
 
 
-def define_flags(defaults: ml_collections.ConfigDict, help: Mapping[str, str]):
+def define_flags(defaults: ml_collections.ConfigDict, help: Mapping[str, str],
+                 flag_values: flags.FlagValues = flags.FLAGS):
     """Defines an absl flag per field of ``defaults``, of its type and default.
 
     Tuples become list flags (``--ks=2,8``), converted back to the type of
@@ -175,22 +176,23 @@ def define_flags(defaults: ml_collections.ConfigDict, help: Mapping[str, str]):
     for name, value in defaults.items():
         text = help.get(name, name)
         if isinstance(value, (tuple, list)):
-            flags.DEFINE_list(name, [str(v) for v in value], text)
+            flags.DEFINE_list(name, [str(v) for v in value], text, flag_values=flag_values)
         elif isinstance(value, bool):
-            flags.DEFINE_bool(name, value, text)
+            flags.DEFINE_bool(name, value, text, flag_values=flag_values)
         elif isinstance(value, int):
-            flags.DEFINE_integer(name, value, text)
+            flags.DEFINE_integer(name, value, text, flag_values=flag_values)
         elif isinstance(value, float):
-            flags.DEFINE_float(name, value, text)
+            flags.DEFINE_float(name, value, text, flag_values=flag_values)
         else:
-            flags.DEFINE_string(name, value, text)
+            flags.DEFINE_string(name, value, text, flag_values=flag_values)
 
 
-def config_from_flags(defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def config_from_flags(defaults: ml_collections.ConfigDict,
+                      flag_values: flags.FlagValues = flags.FLAGS) -> ml_collections.ConfigDict:
     """``defaults`` with every field set from its flag (see `define_flags`)."""
     config = ml_collections.ConfigDict(defaults.to_dict())
     for name, value in defaults.items():
-        given = flags.FLAGS[name].value
+        given = flag_values[name].value
         if isinstance(value, (tuple, list)):
             kind = type(value[0]) if value else str
             given = tuple(kind(v) for v in given)

@@ -387,7 +387,7 @@ def lehmer_code(perm: np.typing.ArrayLike) -> np.ndarray:
     ``p[i]``, so it lies in ``[0, n - 1 - i]``: the digits are a number in
     the factorial number system, which indexes the ``n!`` permutations
     (about ``log2(n!)`` bits instead of ``n * log2(n)``;
-    `randjax.export.save_permuted` packs them so). O(n^2) comparisons per
+    `randjax.methods.laperm.save_permuted` packs them so). O(n^2) comparisons per
     column, vectorised over the columns.
 
     Args:

@@ -103,7 +103,7 @@ def model_key(seed: int) -> jax.Array:
     """The key `fit` (``seed=seed``) initialises the model with.
 
     ``model.init(model_key(seed), zeros((1, *input_shape)))`` redraws the
-    initial parameters; `randjax.export.save_permuted` needs it.
+    initial parameters; `randjax.methods.laperm.save_permuted` needs it.
     """
     return _init_keys(_fit_keys(seed)[0])[0]
 

@@ -70,3 +70,30 @@ def test_edge_popup_sweeps_write_json_and_png(tmp_path, run_module):
                      "--studies=supermask", "--densities=0.1,0.5", "--epochs=2",
                      f"--out_dir={tmp_path}")
     assert ": test " not in out and "wrote" in out
+
+
+def test_every_study_setting_is_a_flag_that_is_read():
+    from absl import flags
+
+    from experiments import laperm_sweeps, sweeps
+    defaults = laperm_sweeps.get_config()
+    flag_values = flags.FlagValues()
+    sweeps.define_flags(defaults, laperm_sweeps.HELP, flag_values)
+    assert set(flag_values) >= set(defaults) and set(laperm_sweeps.HELP) == set(defaults)
+    flag_values(["prog", "--sync_period=7", "--prune=0,0.5", "--models=f1"])
+    study = sweeps.config_from_flags(defaults, flag_values)
+    assert (study.sync_period, study.prune, study.models) == (7, (0.0, 0.5), ("f1",))
+    # --sync_period reaches every LaPerm run outside the k study.
+    assert laperm_sweeps.run_config(study, "laperm", "lenet300_100").sync_period == 7
+    assert laperm_sweeps.run_config(study, "laperm", "f1", sync_period=3).sync_period == 3
+    # The baselines are methods of their own, with no LaPerm setting to ignore.
+    assert "sync_period" not in laperm_sweeps.run_config(study, "adam", "lenet300_100")
+
+
+def test_studies_run_from_python_with_a_config(tmp_path):
+    from experiments import edge_popup_sweeps
+    study = edge_popup_sweeps.get_config()
+    study.update(dataset="digits", densities=(0.5,), epochs=1, out_dir=str(tmp_path),
+                 studies=("supermask",))
+    edge_popup_sweeps.supermask_sweep(study, tmp_path)
+    assert set(_rows(tmp_path / "supermask.json")) == {"edge_popup/0.5", "supermask", "dense"}
