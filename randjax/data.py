@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from randjax import tree
+
 __all__ = [
     "Dataset",
     "DatasetNotFoundError",
@@ -384,10 +386,8 @@ def load(
         DatasetNotFoundError: when the data set is nowhere to be found; the
             message lists every place looked and how to obtain the data.
     """
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
-            or not 0 <= val_fraction < 1):
+    tree.check_choice(normalize, NORMALIZATIONS, "normalize")
+    if tree.check_real(val_fraction, "val_fraction", low=0.0) >= 1:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     name = os.fspath(name)
     train, test, num_classes = _find_raw(name, data_dir)
