@@ -94,10 +94,10 @@ def make_optimizer(config: ml_collections.ConfigDict,
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
     """The zoo model ``config.model`` with the config's options.
 
-    Its kernels are drawn by ``config.init``; methods that freeze or redraw
-    weights (edge-popup, supermask, Slot Machines) draw their own from the
-    same config, so only the dense-weight methods (dense, LaPerm, Lookahead)
-    train the model's own initial kernels.
+    Its kernels are drawn by ``config.init``. Edge-popup and supermask redraw
+    the kernels they freeze with the same ``config.init`` and Slot Machines
+    draw their options by ``config.slot_init``, so only the dense-weight
+    methods (dense, LaPerm, Lookahead) train the model's own initial kernels.
     """
     options = {k: config[k] for k in _MODEL_OPTIONS if config.get(k) is not None}
     return models.get(config.model, num_classes=num_classes,
