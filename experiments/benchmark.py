@@ -10,12 +10,16 @@
     python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
         --optimizer=adam --methods=dense,laperm --laperm_sync_period=20
     python -m experiments.benchmark --select_size=2000000 --steps=15
+    python -m experiments.benchmark --model=conv4 --dataset=synthetic \
+        --input_shape=32,32,3 --num_examples=5000 --batch=128 \
+        --methods=dense,masked --optimizer=sgd
 
 Every number comes from one process, after compilation: the median of
 ``--steps`` individually dispatched train steps, and the median of
 ``--epochs`` whole epochs run by `randjax.fit`'s jitted `lax.scan`, the
 ``--methods`` timed in turn round by round (``ratio_to_dense``: step time
-over dense's). The
+over dense's; ``epoch_ratio_to_dense``: the same for whole epochs, the
+steps `randjax.fit` runs). The
 ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
 printed as a table and as JSON (also written to ``--json`` if given).
 
@@ -23,6 +27,11 @@ Every ``--methods`` name is a registered method (`experiments.registry`),
 built from its reference config with ``--density`` (edge-popup), ``--k``
 (Slot Machines, greedy) and ``--laperm_sync_period`` /
 ``--laperm_include_1d`` (LaPerm), around the shared ``--optimizer``.
+``masked`` trains under a random mask at ``--density`` (`randjax.masked`);
+it also reports ``global_mask_ms``, one global magnitude mask over all the
+model's kernels (`randjax.pruning.prune_remaining`, exact counts), next to
+``sort_ms``, one ``jnp.sort`` of the same magnitudes, and
+``global_mask_over_epoch``, the mask's time over dense's epoch.
 ``laperm`` is the optimizer `randjax.laperm` around ``--optimizer`` (dense
 parameters): its median single step is a step without a sync, so it also
 reports the *amortised* step, ``amortised_step_ms``: the median time of
@@ -71,7 +80,7 @@ _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
                              "(dense is always included): names of experiments.registry "
                              "(dense, edge_popup, supermask, slot_machine, laperm, ...).")
-_DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup.")
+_DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup and masked.")
 _K = flags.DEFINE_integer("k", 8, "Options per connection for slot_machine (greedy, "
                           "official init).")
 _LAPERM_SYNC_PERIOD = flags.DEFINE_integer(
@@ -141,6 +150,7 @@ def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
 def build(name: str, tx: optax.GradientTransformation) -> registry.Method:
     """The registered method ``name`` around ``tx``, with this run's method flags."""
     options = {"edge_popup": dict(density=_DENSITY.value),
+               "masked": dict(density=_DENSITY.value),
                "slot_machine": dict(k=_K.value, selection="greedy", slot_init="official"),
                "laperm": dict(sync_period=_LAPERM_SYNC_PERIOD.value,
                               laperm_include_1d=_LAPERM_INCLUDE_1D.value)}
@@ -261,6 +271,29 @@ def selection_seconds(n: int, repeats: int) -> dict:
             "speedup": seconds["sort"] / seconds["kth_largest"]}
 
 
+def global_mask_seconds(model_name: str, dataset: data_lib.Dataset,
+                        repeats: int) -> dict:
+    """One global magnitude mask over all kernels against one ``jnp.sort`` of them.
+
+    The mask is a pruning round's: 20% of the weights removed by
+    `randjax.pruning.prune_remaining` (exact counts, one threshold over every
+    kernel, eager as the pruning driver calls it); the sort is jitted over
+    the same concatenated magnitudes. Timed in turn.
+    """
+    targets = randjax.pruning.select(_initial_params(model_name, dataset))
+    scores = randjax.pruning.magnitude(targets)
+    ones = randjax.pruning.ones(scores)
+    flat = jnp.concatenate([jnp.ravel(s) for s in jax.tree.leaves(scores)])
+    sort = jax.jit(jnp.sort)
+    fns = {"mask": lambda: randjax.pruning.prune_remaining(scores, ones, 0.2),
+           "sort": lambda: sort(flat)}
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # compile
+    seconds = _interleaved_medians(fns, repeats)
+    return {"weights": int(flat.size), "global_mask_ms": 1e3 * seconds["mask"],
+            "sort_ms": 1e3 * seconds["sort"]}
+
+
 def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
                        tx: optax.GradientTransformation, epochs: int) -> float:
     """The same epoch as a bare jitted scan: no reparam, keys, sharding or remainder.
@@ -323,12 +356,12 @@ def main(argv):
                         _STEPS.value, _EPOCHS.value, block=k if with_laperm else 0)
     for r in results.values():
         r["ratio_to_dense"] = r["step_ms"] / results["dense"]["step_ms"]
+        r["epoch_ratio_to_dense"] = r["epoch_seconds"] / results["dense"]["epoch_seconds"]
     if with_laperm:
         lp = results["laperm"]
         lp["sync_period"] = k
         lp["amortised_step_ms"] = lp["block_step_ms"]
         lp["amortised_ratio"] = lp["block_step_ms"] / results["dense"]["block_step_ms"]
-        lp["epoch_ratio_to_dense"] = lp["epoch_seconds"] / results["dense"]["epoch_seconds"]
         lp["sync_ms"] = 1e3 * sync_seconds(_MODEL.value, dataset, _LAPERM_INCLUDE_1D.value,
                                            _STEPS.value)
         lp["sync_over_step"] = lp["sync_ms"] / results["dense"]["step_ms"]
@@ -341,6 +374,15 @@ def main(argv):
         # forward and backward passes' time taken as the plain step's.
         extra = lp["update_ms"] - lp["plain_update_ms"]
         lp["amortised_ratio_from_updates"] = 1 + extra / results["dense"]["block_step_ms"]
+    if "masked" in names:
+        mk = results["masked"]
+        mk.update(global_mask_seconds(_MODEL.value, dataset, _STEPS.value))
+        mk["global_mask_over_epoch"] = (1e-3 * mk["global_mask_ms"]
+                                        / results["dense"]["epoch_seconds"])
+        print(f"global magnitude mask over {mk['weights']} kernel weights: "
+              f"{mk['global_mask_ms']:.2f} ms (jnp.sort of them: {mk['sort_ms']:.2f} ms), "
+              f"{100 * mk['global_mask_over_epoch']:.3f}% of dense's epoch of "
+              f"{len(dataset.train.y)} images")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,
@@ -350,14 +392,14 @@ def main(argv):
               "jax": jax.__version__, "fast_conv_grad": _FAST_CONV_GRAD.value,
               "bare_scan_epoch_seconds": bare, "results": results}
     columns = ["step_ms", "images_per_second", "epoch_seconds", "steps_per_epoch",
-               "overhead", "ratio_to_dense"]
+               "overhead", "ratio_to_dense", "epoch_ratio_to_dense"]
     print(f"{_MODEL.value} on {dataset.name} {tuple(dataset.input_shape)}, batch "
           f"{_BATCH.value}, {_OPTIMIZER.value}, {jax.device_count()} "
           f"{jax.default_backend()} device(s)")
-    print("method".ljust(12) + "".join(c.rjust(19) for c in columns))
+    print("method".ljust(12) + "".join(c.rjust(21) for c in columns))
     for name, r in results.items():
         print(name.ljust(12) + "".join(
-            (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])).rjust(19)
+            (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])).rjust(21)
             for c in columns))
     if with_laperm:
         lp = results["laperm"]

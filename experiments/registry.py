@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -64,7 +65,8 @@ def register(name: str, *, get_config: Callable[[], ml_collections.ConfigDict],
         ValueError: ``name`` is registered by another file.
     """
     previous = _METHODS.get(name)
-    if previous is not None and inspect.getfile(previous.build) != inspect.getfile(build):
+    source = lambda fn: os.path.realpath(inspect.getfile(fn))
+    if previous is not None and source(previous.build) != source(build):
         raise ValueError(f"method {name!r} is registered by {inspect.getfile(previous.build)} "
                          f"already; {inspect.getfile(build)} cannot take the name")
     _METHODS[name] = Entry(get_config, build)

@@ -64,15 +64,16 @@ def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> op
     return schedule
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
+                   schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
     """SGD (PyTorch-style coupled weight decay), Adam or AdamW, with its schedule.
 
     PyTorch's ``SGD(weight_decay=wd)`` adds ``wd * w`` to the gradient before
     momentum; `optax.add_decayed_weights` before `optax.sgd` does the same.
     The learning rate is injected (`optax.inject_hyperparams`), so `randjax.fit`
     logs it. A method may wrap this optimizer (LaPerm, Lookahead: see its
-    config's ``build``).
+    config's ``build``). ``schedule`` replaces `make_schedule`'s (iterative
+    pruning restarts, fast-forwards or freezes it per round).
     """
 
     def optimizer(learning_rate):
@@ -87,7 +88,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
             return optax.adamw(learning_rate, weight_decay=config.weight_decay)
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
 
-    schedule = make_schedule(config, steps_per_epoch)
+    if schedule is None:
+        schedule = make_schedule(config, steps_per_epoch)
     return optax.inject_hyperparams(optimizer)(learning_rate=schedule)
 
 
@@ -106,9 +108,7 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
 
 def epoch_length(config: ml_collections.ConfigDict, num_train: int) -> int:
     """Optimizer steps in one epoch of ``num_train`` images under ``config``."""
-    if config.drop_remainder:
-        return num_train // config.batch_size
-    return math.ceil(num_train / config.batch_size)
+    return randjax.train.epoch_steps(num_train, config.batch_size, config.drop_remainder)
 
 
 def build_method(config: ml_collections.ConfigDict, num_train: int) -> registry.Method:

@@ -32,8 +32,8 @@ from jax import lax
 
 from randjax import tree
 
-__all__ = ["ROUNDINGS", "bernoulli_mask", "kth_largest", "order_key", "threshold_mask",
-           "topk_mask"]
+__all__ = ["ROUNDINGS", "bernoulli_mask", "keep_largest", "kth_largest", "order_key",
+           "threshold_mask", "topk_mask"]
 
 # Selection strategy (see `_select`): on CPU, radix select with 16-bit
 # scatter-add histograms (2 passes for float32, 1 for bfloat16) is the
@@ -411,6 +411,11 @@ def _topk_forward(scores, k):
     """The 0/1 top-k mask of `topk_mask` for a kept count ``k``."""
     if k == 0:
         return jnp.zeros_like(scores)
+    return _largest(scores, k).astype(scores.dtype)
+
+
+def _largest(scores, k):
+    """Boolean mask of the ``k`` (>= 1; may be traced) largest, ties by flat order."""
     keys = order_key(scores).ravel()
     key, rank = _select(keys, k, keys.dtype.itemsize * 8, "auto")
     eq = keys == key
@@ -425,7 +430,47 @@ def _topk_forward(scores, k):
     # which turns the cond into a select of both branches).
     kept_ties = lax.cond(tie_count == rank, lambda: eq, first_ties)
     mask = (keys > key) | kept_ties
-    return mask.reshape(scores.shape).astype(scores.dtype)
+    return mask.reshape(scores.shape)
+
+
+@jax.jit
+def _keep_largest(scores, k):
+    return jnp.where(k > 0, _largest(scores, jnp.maximum(k, 1)), False)
+
+
+def keep_largest(scores: jax.Array, k) -> jax.Array:
+    """Boolean mask of exactly the ``k`` largest ``scores``; ``k`` may vary freely.
+
+    The selection of `topk_mask` (same order and deterministic ties: among
+    entries equal to the threshold the first ones in flattened order are
+    kept) for a kept count given as a number rather than a density. ``k``
+    is an argument of one compiled program, not a static one, so masks at
+    many counts (the rounds of iterative pruning) compile once per shape.
+    No gradient is defined: use it for masks that are set, not learned.
+
+    Args:
+        scores: a floating array of any shape; ``-inf`` entries are kept last.
+        k: an int (or int32 array) in ``[0, scores.size]``.
+
+    Returns:
+        A boolean array of ``scores``' shape with ``k`` True entries.
+
+    Raises:
+        ValueError: ``scores`` is not floating or is empty; a Python ``k``
+            outside ``[0, scores.size]``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.masks import keep_largest
+        >>> keep_largest(jnp.array([0.3, 0.9, 0.1, 0.9]), 2).tolist()
+        [False, True, False, True]
+    """
+    scores = jnp.asarray(scores)
+    _check_float(scores, "scores")
+    _check_size(scores, "scores")
+    if isinstance(k, (int, np.integer)) and not 0 <= k <= scores.size:
+        raise ValueError(f"k must be in [0, scores.size={scores.size}], got {k}")
+    return _keep_largest(scores, jnp.asarray(k, jnp.int32))
 
 
 def _topk_mask_fwd(scores, k):

@@ -17,7 +17,11 @@ it knows methods only through that protocol (`randjax.reparam`):
   started again in the same ``workdir`` resumes from its last checkpoint and,
   given a larger budget, trains on to it. Randomness is derived from
   ``(seed, epoch, step)`` alone, so a resumed run is bitwise identical to an
-  uninterrupted one.
+  uninterrupted one;
+* snapshots of the state after any step (``snapshot_steps``; an epoch is
+  split there and trains bit for bit as a whole one), a start from given
+  variables (``variables``) and at a later step of the run
+  (``start_step``): what iterative pruning rewinds to and fast-forwards.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import hashlib
 import json
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -42,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from randjax import data as data_lib
 from randjax.reparam import Reparam, apply_updates, dense
+from randjax.tree import check_int
 
 PyTree = Any
 EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
@@ -76,6 +81,7 @@ class FitResult:
     summary: dict
     history: list[dict]
     step_losses: np.ndarray   # the loss of every step of this call, in order
+    snapshots: dict[int, TrainState] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- #
@@ -109,16 +115,42 @@ def model_key(seed: int) -> jax.Array:
 
 
 def init_state(model: nn.Module, reparam: Reparam, tx: optax.GradientTransformation,
-               input_shape: tuple[int, ...], key: jax.Array) -> TrainState:
-    """Initialises the model, splits its parameters by ``reparam``, inits ``tx``."""
+               input_shape: tuple[int, ...], key: jax.Array, *,
+               variables: Mapping | None = None, step: int = 0) -> TrainState:
+    """Initialises the model, splits its parameters by ``reparam``, inits ``tx``.
+
+    ``variables`` (``{"params": ..., "batch_stats": ...}``) replace the
+    model's own initial variables, e.g. rewound weights and their BatchNorm
+    statistics; ``step`` is the step count the state starts at.
+
+    Raises:
+        ValueError: ``variables`` whose collections, structure, shapes or
+            dtypes differ from the model's.
+    """
     model_key, reparam_key = _init_keys(key)
-    variables = model.init(model_key, jnp.zeros((1, *input_shape), jnp.float32))
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    if variables is None:
+        variables = model.init(model_key, x)
+    else:
+        _check_variables(variables, jax.eval_shape(model.init, model_key, x))
+        variables = jax.tree.map(jnp.array, variables)  # copies: fit donates the state
     variables = dict(variables)
     params = variables.pop("params")
     trainable, frozen = reparam.init(reparam_key, params)
-    return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+    return TrainState(step=jnp.asarray(step, jnp.int32), trainable=trainable,
                       frozen=frozen, model_state=variables,
                       opt_state=tx.init(trainable))
+
+
+def _check_variables(given: Mapping, expected: Mapping) -> None:
+    shape = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), dict(tree))
+    if jax.tree.structure(dict(given)) != jax.tree.structure(dict(expected)):
+        raise ValueError(f"variables must have the model's collections and structure: "
+                         f"got {jax.tree.structure(dict(given))}, the model has "
+                         f"{jax.tree.structure(dict(expected))}")
+    if shape(given) != shape(expected):
+        raise ValueError("variables must have the shapes and dtypes of the model's: "
+                         f"got {shape(given)}, the model has {shape(expected)}")
 
 
 def _logits(model, reparam, state_parts, x, key, train):
@@ -192,12 +224,16 @@ def _shard_batch(mesh, *arrays):
 
 
 def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
-                  drop_remainder: bool = False):
+                  drop_remainder: bool = False, start: int = 0, stop: int | None = None):
     """A jitted ``epoch(state, x, y, key) -> (state, losses, accuracies, sizes)``.
 
     ``x`` and ``y`` are the whole device-resident training split. The epoch is
     one permutation drawn with ``key``: a `lax.scan` over the full batches,
-    then one step on the remainder unless ``drop_remainder``.
+    then one step on the remainder unless ``drop_remainder``. ``start`` and
+    ``stop`` run only the full batches ``[start, stop)`` of that epoch (with
+    their own keys; the remainder only when ``stop`` is None), so an epoch
+    split in parts trains as the whole epoch does: `fit` stops inside an
+    epoch to snapshot a step, or starts inside one to resume a schedule.
     """
 
     def run(state, x, y, indices, keys):
@@ -210,9 +246,12 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
     def epoch(state, x, y, key):
         shuffle_key, step_key = jax.random.split(key)
         full, rest = data_lib.shuffle_batches(shuffle_key, num_examples, batch_size)
-        keep_rest = rest.shape[0] > 0 and not drop_remainder
+        keep_rest = rest.shape[0] > 0 and not drop_remainder and stop is None
         keys = jax.random.split(step_key, full.shape[0] + 1)
-        state, (losses, accs) = run(state, x, y, full, keys[:-1])
+        full_keys = keys[:-1]
+        if start or stop is not None:
+            full, full_keys = full[start:stop], full_keys[start:stop]
+        state, (losses, accs) = run(state, x, y, full, full_keys)
         sizes = jnp.full(losses.shape, batch_size, jnp.int32)
         if keep_rest:
             state, (loss, acc) = run(state, x, y, rest[None], keys[-1:])
@@ -290,8 +329,8 @@ class _Progress(NamedTuple):
     wall_seconds: jax.Array
 
 
-def _fresh_progress() -> _Progress:
-    return _Progress(*map(np.asarray, (np.int32(0), np.float32(-1.0), np.int32(-1),
+def _fresh_progress(epoch: int = 0) -> _Progress:
+    return _Progress(*map(np.asarray, (np.int32(epoch), np.float32(-1.0), np.int32(-1),
                                        np.float32(-1.0), np.float64(0.0))))
 
 
@@ -343,6 +382,8 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         eval_batch_size: int = 1000, epoch_hook: EpochHook | None = None,
         eval_transform: Callable[[TrainState], TrainState] | None = None,
         devices=None, progress: bool = True, config: Mapping | None = None,
+        variables: Mapping | None = None, start_step: int = 0,
+        snapshot_steps: Iterable[int] = (),
         ) -> FitResult:
     """Trains ``model`` on ``dataset`` with ``tx`` for ``epochs`` epochs.
 
@@ -379,10 +420,25 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         config: a JSON-able description of the run, stored in
             ``config.json``; resuming with a different config (other than
             ``epochs``) raises instead of silently mixing two runs.
+        variables: the model's initial variables (``{"params": ...,
+            "batch_stats": ...}``) in place of ``model.init``'s: trained
+            weights to fine-tune, or weights rewound to an earlier step
+            with their BatchNorm statistics (iterative pruning). ``reparam``
+            splits their ``params``.
+        start_step: begin at this global step of a ``seed``'s run: the
+            epochs before it are skipped and the epoch holding it starts at
+            its batch, with the data order and keys the whole run would
+            have there (open_lth's rewinding, which trains the last ``T - k``
+            of ``T`` steps). The optimizer's own step count still starts at
+            0: shift its schedule by ``start_step`` to fast-forward it too.
+        snapshot_steps: global steps (any, not only epoch ends) after which
+            a copy of the state is kept in ``FitResult.snapshots`` (step 0:
+            the initial state); with ``workdir`` also saved under
+            ``snapshots/<step>`` and restored when the run resumes.
 
     Returns:
         A `FitResult` with the final state, the summary dict, the per-epoch
-        history and the per-step training losses of this call.
+        history, the per-step training losses of this call and the snapshots.
     """
     if epochs < 0 or batch_size < 1 or checkpoint_every < 1:
         raise ValueError(f"need epochs >= 0, batch_size >= 1 and checkpoint_every >= 1; "
@@ -397,11 +453,20 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     if num_train < batch_size and drop_remainder:
         raise ValueError(f"batch_size {batch_size} exceeds the {num_train} training "
                          f"examples and drop_remainder=True leaves no step")
+    steps_per_epoch = epoch_steps(num_train, batch_size, drop_remainder)
+    start_step = check_int(start_step, "start_step", minimum=0)
+    snapshot_steps = sorted({check_int(k, "snapshot step", minimum=0) for k in snapshot_steps})
+    last_step = epochs * steps_per_epoch
+    for k in (start_step, *snapshot_steps):
+        if not start_step <= k <= last_step:
+            raise ValueError(f"step {k} is outside this run's steps [{start_step}, "
+                             f"{last_step}] ({epochs} epochs of {steps_per_epoch} steps)")
     replicated = NamedSharding(mesh, P())
     to_device = lambda tree: jax.device_put(tree, replicated)
 
     init_key, train_key, eval_key = _fit_keys(seed)
-    state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key))
+    state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key,
+                                 variables=variables, step=start_step))
     train_x, train_y = to_device((dataset.train.x, dataset.train.y))
     chunk = -(-eval_batch_size // num_devices) * num_devices
     eval_splits = {name: to_device(_pad_for_eval(split, chunk))
@@ -412,11 +477,19 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         augmentation = dataclasses.replace(
             augmentation, pad_value=tuple(float(v) for v in -dataset.mean / dataset.std))
     train_step = make_train_step(model, reparam, tx, augmentation)
-    run_epoch = make_epoch_fn(train_step, mesh, num_train, batch_size, drop_remainder)
+    epoch_fns = {}
+
+    def epoch_fn(begin, stop):
+        if (begin, stop) not in epoch_fns:
+            epoch_fns[begin, stop] = make_epoch_fn(train_step, mesh, num_train, batch_size,
+                                                   drop_remainder, begin, stop)
+        return epoch_fns[begin, stop]
+
     evaluate = make_eval_fn(model, reparam, mesh, chunk)
     transform = None if eval_transform is None else jax.jit(eval_transform)
 
-    prog, history, manager = _fresh_progress(), [], None
+    first_epoch, first_batch = divmod(start_step, steps_per_epoch)
+    prog, history, manager, snapshots = _fresh_progress(first_epoch), [], None, {}
     if workdir is not None:
         workdir = pathlib.Path(workdir).absolute()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +502,15 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         if manager.latest_step() is not None:
             state, prog = _restore(manager, state)
             history = [r for r in _history(workdir) if r["epoch"] <= int(prog.epoch)]
+            snapshots = {k: _load_snapshot(workdir, k, state)
+                         for k in snapshot_steps if k <= int(state.step)}
+
+    def take_snapshot(state):
+        k = int(state.step)
+        if k in snapshot_steps and k not in snapshots:
+            snapshots[k] = jax.device_get(state)
+            if workdir is not None:
+                _save_snapshot(workdir, k, snapshots[k])
 
     step_losses = []
     start_epoch = int(prog.epoch)
@@ -436,15 +518,25 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     # Compile ahead, so that epoch times measure training alone.
     compile_seconds = 0.0
     if start_epoch < epochs:
-        run_epoch = run_epoch.lower(state, train_x, train_y, train_key).compile()
+        epoch_fns[0, None] = epoch_fn(0, None).lower(
+            state, train_x, train_y, train_key).compile()
         compile_seconds = time.perf_counter() - start_time - float(prog.wall_seconds)
     bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs,
                     desc="train", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         epoch_start = time.perf_counter()
-        state, losses, accs, sizes = run_epoch(state, train_x, train_y,
-                                               jax.random.fold_in(train_key, epoch))
-        losses, accs, sizes = jax.device_get((losses, accs, sizes))
+        begin = first_batch if epoch == first_epoch else 0
+        first = epoch * steps_per_epoch
+        cuts = [k - first for k in snapshot_steps if first + begin < k < first + steps_per_epoch]
+        take_snapshot(state)
+        parts = []
+        for a, b in zip([begin, *cuts], [*cuts, None]):
+            state, *out = epoch_fn(a, b)(state, train_x, train_y,
+                                         jax.random.fold_in(train_key, epoch))
+            parts.append(jax.device_get(out))
+            if b is not None:
+                take_snapshot(state)
+        losses, accs, sizes = (np.concatenate(a) for a in zip(*parts))
         train_seconds = time.perf_counter() - epoch_start
         step_losses.append(losses)
         record = {"epoch": epoch + 1, "step": int(state.step),
@@ -473,16 +565,46 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
                 manager.save(epoch + 1, args=ocp.args.StandardSave(
                     {"state": state, "progress": prog}))
     bar.close()
+    take_snapshot(state)
     if manager is not None:
         manager.wait_until_finished()
         manager.close()
 
     summary = _summary(state, prog, history, num_devices)
     summary["compile_seconds"] = compile_seconds
+    summary["start_step"] = start_step
     if workdir is not None:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     losses = np.concatenate(step_losses) if step_losses else np.zeros((0,), np.float32)
-    return FitResult(state, summary, history, losses)
+    return FitResult(state, summary, history, losses, snapshots)
+
+
+def epoch_steps(num_train: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Optimizer steps in one epoch of `fit` (the remainder batch counts as one)."""
+    full, rest = divmod(num_train, batch_size)
+    return full + (1 if rest and not drop_remainder else 0)
+
+
+def _snapshot_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
+    return workdir / "snapshots" / str(step)
+
+
+def _save_snapshot(workdir: pathlib.Path, step: int, state: TrainState) -> None:
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(_snapshot_path(workdir, step), state, force=True)
+        checkpointer.wait_until_finished()
+
+
+def _load_snapshot(workdir: pathlib.Path, step: int, like: TrainState) -> TrainState:
+    path = _snapshot_path(workdir, step)
+    if not path.exists():
+        raise ValueError(f"{workdir} resumes past step {step}, but holds no snapshot of it "
+                         f"({path}): was it started without that snapshot step?")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(path, abstract)
+    return jax.device_get(jax.tree.unflatten(jax.tree.structure(like),
+                                             jax.tree.leaves(restored)))
 
 
 def _update_progress(prog: _Progress, record: dict, wall_seconds: float) -> _Progress:

@@ -11,7 +11,10 @@ TINY = {"quickstart.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS 
                             'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nREPO_URL = ""\n',
         "laperm.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
                         'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nSYNC_PERIOD = 10\n'
-                        'REPO_URL = ""\n'}
+                        'REPO_URL = ""\n',
+        "pruning.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 2\n'
+                         'ROUNDS = 2\nKEEP = 0.5\nBATCH_SIZE = 64\nLEARNING_RATE = 0.1\n'
+                         'REPO_URL = ""\n'}
 
 
 def test_every_notebook_has_tiny_settings():

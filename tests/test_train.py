@@ -181,3 +181,67 @@ def test_a_reparametrization_plugs_in(digits):
     # A different seed draws other dropped weights, hence other losses.
     other = fit(1, seed=1)
     assert not np.allclose(other.step_losses, result.step_losses[:len(other.step_losses)])
+
+
+def test_snapshots_inside_epochs_leave_the_run_bitwise_unchanged(digits, tmp_path):
+    kwargs = dict(epochs=3, batch_size=64, progress=False)
+    per_epoch = train.epoch_steps(len(digits.train.y), 64)
+    steps = (0, 5, per_epoch - 1, per_epoch, 2 * per_epoch + 3, 3 * per_epoch)
+    plain = randjax.fit(small_mlp(), digits, adam(), **kwargs)
+    split = randjax.fit(small_mlp(), digits, adam(), snapshot_steps=steps,
+                        workdir=tmp_path, **kwargs)
+    assert split.summary["params_sha256"] == plain.summary["params_sha256"]
+    np.testing.assert_array_equal(split.step_losses, plain.step_losses)
+    assert sorted(split.snapshots) == sorted(steps)
+    assert all(int(s.step) == k for k, s in split.snapshots.items())
+    assert train.params_sha256(split.snapshots[3 * per_epoch].trainable) == \
+        train.params_sha256(split.state.trainable)
+    # A finished run restores its snapshots from disk.
+    again = randjax.fit(small_mlp(), digits, adam(), snapshot_steps=steps,
+                        workdir=tmp_path, **kwargs)
+    for k in steps:
+        assert train.params_sha256(again.snapshots[k].trainable) == \
+            train.params_sha256(split.snapshots[k].trainable)
+
+
+def test_start_step_fast_forwards_data_order_and_keys(digits):
+    # Plain SGD has no optimizer state, so the run from a snapshot at step
+    # 5 with start_step=5 is the tail of the whole run.
+    kwargs = dict(epochs=2, batch_size=64, progress=False)
+    whole = randjax.fit(small_mlp(), digits, optax.sgd(0.05), snapshot_steps=(5,), **kwargs)
+    snap = whole.snapshots[5]
+    tail = randjax.fit(small_mlp(), digits, optax.sgd(0.05), start_step=5,
+                       variables={"params": snap.trainable, **snap.model_state}, **kwargs)
+    assert tail.summary["params_sha256"] == whole.summary["params_sha256"]
+    np.testing.assert_array_equal(tail.step_losses, whole.step_losses[5:])
+    assert tail.summary["steps"] == whole.summary["steps"]
+    assert tail.summary["start_step"] == 5
+    assert [r["epoch"] for r in tail.history] == [1, 2]
+
+
+def test_variables_replace_the_init_and_are_checked(digits):
+    model = small_mlp()
+    variables = model.init(jax.random.key(7), digits.train.x[:1])
+    result = randjax.fit(model, digits, optax.sgd(0.0), epochs=1, batch_size=64,
+                         variables=variables, progress=False)
+    assert train.params_sha256(result.state.trainable) == \
+        train.params_sha256(variables["params"])
+    wider = models.get("lenet300_100", width=0.5).init(jax.random.key(0),
+                                                        digits.train.x[:1])
+    with pytest.raises(ValueError, match="shapes and dtypes of the model"):
+        randjax.fit(model, digits, adam(), epochs=1, batch_size=64, variables=wider,
+                    progress=False)
+    with pytest.raises(ValueError, match="collections and structure"):
+        randjax.fit(model, digits, adam(), epochs=1, batch_size=64,
+                    variables={"params": {}}, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(snapshot_steps=(10_000,)), "outside this run's steps"),
+    (dict(start_step=10_000), "outside this run's steps"),
+    (dict(start_step=-1), "start_step must be a Python int >= 0"),
+])
+def test_bad_step_arguments(digits, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        randjax.fit(small_mlp(), digits, adam(), epochs=1, batch_size=64, progress=False,
+                    **kwargs)

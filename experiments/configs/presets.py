@@ -2,6 +2,8 @@
 
     python -m experiments.train \
         --config=experiments/configs/presets.py:dense_lenet_fmnist --workdir=runs/p
+    python -m experiments.prune \
+        --config=experiments/configs/presets.py:lth_lenet_fmnist --workdir=runs/lth
 
 Each preset starts from `dense.get_config()` and overrides what the reference
 sets. ``--config.x=y`` overrides still apply after the preset.
@@ -9,7 +11,7 @@ sets. ``--config.x=y`` overrides still apply after the preset.
 
 import ml_collections
 
-from experiments.configs import dense, edge_popup, laperm, lookahead, slot_machine
+from experiments.configs import dense, edge_popup, gimp, laperm, lookahead, slot_machine
 
 
 def dense_lenet_fmnist() -> ml_collections.ConfigDict:
@@ -133,10 +135,51 @@ def lookahead_lenet_fmnist() -> ml_collections.ConfigDict:
     return config
 
 
+def lth_lenet_fmnist() -> ml_collections.ConfigDict:
+    """The lottery ticket (weight rewinding) as open_lth's ``mnist_lenet_300_100``.
+
+    Run with ``python -m experiments.prune``. open_lth's defaults: LeNet-300-100
+    with biases, kaiming-normal kernels, SGD lr 0.1 without momentum or weight
+    decay, constant rate, batch 128 (469 steps per epoch, the last of 96),
+    10 epochs per level, 16 levels (the dense one and 15 prunings), each
+    removing 20% of the remaining weights (``sparse_global``:
+    ``ceil(0.2 * remaining)``, counting the output layer, which is never
+    pruned: ``fc.weight`` ignored), biases unpruned, every level rewound to
+    the initial weights with a fresh optimizer. On Fashion-MNIST (MNIST
+    is not installable here), all 60,000 training images, standardised.
+    """
+    config = gimp.get_config()
+    config.update(
+        dataset="fashion_mnist", val_fraction=0.0, normalize="standardize",
+        model="lenet300_100", use_bias=True, init="kaiming_normal",
+        optimizer="sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0,
+        schedule="constant", epochs=10, batch_size=128,
+        pruning="iterative", variant="wr", density_multiplier=0.8,
+        target_density=0.8 ** 15, scope="global", count="open_lth",
+        exclude=("Dense_2",), criterion="magnitude")
+    return config
+
+
+def lth_rewind500_lenet_fmnist() -> ml_collections.ConfigDict:
+    """`lth_lenet_fmnist` rewound to iteration 500 of the dense run, as open_lth.
+
+    Every level starts from the dense run's weights after 500 steps (a
+    snapshot inside its second epoch), with the schedule and the data order
+    fast-forwarded to step 500, and trains the remaining 4,190 of the 4,690
+    steps (stable weight rewinding, Frankle et al. 2020).
+    """
+    config = lth_lenet_fmnist()
+    config.update(variant="swr", rewind_step=500, rewind_source="dense",
+                  schedule_rewind="fast_forward")
+    return config
+
+
 PRESETS = {"adam_lenet_fmnist": adam_lenet_fmnist,
            "dense_lenet_fmnist": dense_lenet_fmnist,
            "laperm_lenet_fmnist": laperm_lenet_fmnist,
            "lookahead_lenet_fmnist": lookahead_lenet_fmnist,
+           "lth_lenet_fmnist": lth_lenet_fmnist,
+           "lth_rewind500_lenet_fmnist": lth_rewind500_lenet_fmnist,
            "edge_popup_lenet_fmnist": edge_popup_lenet_fmnist,
            "slot_lenet_fmnist_k2": slot_lenet_fmnist_k2,
            "slot_lenet_fmnist_k8": slot_lenet_fmnist_k8}

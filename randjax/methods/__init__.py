@@ -9,7 +9,9 @@ and registers its export codec with `randjax.export.register_codec`:
 * `supermask`: Zhou et al., NeurIPS 2019 (Bernoulli mask logits);
 * `slot_machine`: Aladago & Torresani, ICML 2021 (one of K random values);
 * `laperm`: Qiu & Suda, NeurIPS 2020 (permutations of the initial weights);
-* `lookahead`: Zhang et al., NeurIPS 2019 (the optimizer LaPerm is compared with).
+* `lookahead`: Zhang et al., NeurIPS 2019 (the optimizer LaPerm is compared with);
+* `masked`: training under fixed pruning masks (Frankle & Carbin, ICLR 2019;
+  Mikler 2021), with the masks from `randjax.pruning`.
 
 Their constructors are re-exported at the top level (`randjax.edge_popup`,
 `randjax.laperm`, ...); ``randjax.methods.<name>`` is the module, with the

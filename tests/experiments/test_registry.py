@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -19,8 +20,8 @@ CONFIGS = pathlib.Path(__file__).parent.parent.parent / "experiments" / "configs
 
 
 def test_every_method_config_registers_itself():
-    files = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem not in ("__init__",
-                                                                            "presets"))
+    files = sorted(p.stem for p in CONFIGS.glob("*.py")
+                   if p.stem not in ("__init__", "presets", "gimp"))
     for name in files:
         entry = registry.entry(name)   # imports experiments/configs/<name>.py if needed
         config = entry.get_config()
@@ -30,7 +31,24 @@ def test_every_method_config_registers_itself():
         assert isinstance(method.reparam, randjax.Reparam)
     assert set(files) <= set(registry.names())
     assert {"dense", "edge_popup", "supermask", "slot_machine", "laperm",
-            "lookahead"} <= set(files)
+            "lookahead", "masked"} <= set(files)
+
+
+def test_pruning_configs_point_to_their_driver():
+    config = registry.get_config("gimp")
+    with pytest.raises(ValueError, match="python -m experiments.prune"):
+        registry.build(config, optax.sgd(0.1))
+
+
+@pytest.mark.parametrize("criterion", ["random", "magnitude"])
+def test_masked_config_trains_under_a_mask_of_its_density(criterion):
+    config = registry.get_config("masked")
+    config.update(density=0.3, criterion=criterion, epochs=5)
+    result = train.train_and_evaluate(config, None, progress=False)
+    state = result.state
+    kernels = [m for m in jax.tree.leaves(state.frozen) if m is not None]
+    assert sum(int(m.sum()) for m in kernels) == round(0.3 * sum(m.size for m in kernels))
+    assert result.summary["test_accuracy"] > 0.5
 
 
 def test_unknown_method_and_unread_fields_are_refused():

@@ -97,3 +97,28 @@ def test_studies_run_from_python_with_a_config(tmp_path):
                  studies=("supermask",))
     edge_popup_sweeps.supermask_sweep(study, tmp_path)
     assert set(_rows(tmp_path / "supermask.json")) == {"edge_popup/0.5", "supermask", "dense"}
+
+
+def test_pruning_sweeps_write_records_and_figures(tmp_path, run_module):
+    args = ["experiments.pruning_sweeps", "--dataset=digits", "--mlps=lenet300_100",
+            "--variants=lrr,sgimp", "--epochs=2", "--mlp_multiplier=0.5",
+            "--mlp_target=0.25", "--baseline_densities=0.25", "--convs=conv2",
+            "--conv_variants=wr", "--conv_epochs=1", "--conv_train_limit=300",
+            "--conv_multiplier=0.5", "--conv_target=0.5", f"--out_dir={tmp_path}",
+            f"--work_dir={tmp_path / 'runs'}"]
+    run_module(*args)
+    mlps = _rows(tmp_path / "mlps.json")
+    assert set(mlps) == {"lenet300_100/lrr", "lenet300_100/sgimp",
+                         "lenet300_100/one-shot magnitude + LRR/0.25",
+                         "lenet300_100/SNIP at init/0.25", "lenet300_100/random at init/0.25"}
+    lrr = mlps["lenet300_100/lrr"]
+    assert [r["round"] for r in lrr["rounds"]] == [0, 1, 2]
+    assert [round(r["density"], 3) for r in lrr["rounds"]] == [1.0, 0.5, 0.25]
+    assert lrr["test_accuracy"] > 0.5  # chance: 0.1
+    assert mlps["lenet300_100/SNIP at init/0.25"]["rounds"][0]["density"] == 0.25
+    (conv,) = _rows(tmp_path / "convs.json").values()
+    assert conv["train_limit"] == 300 and len(conv["rounds"]) == 2
+    for name in ("mlps", "convs"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    out = run_module(*args)  # everything recorded: nothing trains again
+    assert ": test " not in out

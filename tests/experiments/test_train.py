@@ -146,10 +146,14 @@ def test_benchmark_reports_json(tmp_path, run_module):
     out_file = tmp_path / "bench.json"
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
                      "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}",
-                     "--methods=edge_popup")
+                     "--methods=edge_popup,masked")
     report = json.loads(out_file.read_text())
-    assert list(report["results"]) == ["dense", "edge_popup"]
+    assert list(report["results"]) == ["dense", "edge_popup", "masked"]
     assert report["results"]["edge_popup"]["ratio_to_dense"] > 0
+    masked = report["results"]["masked"]
+    assert masked["weights"] == 64 * 300 + 300 * 100 + 100 * 10  # LeNet on 8x8 digits
+    assert masked["global_mask_ms"] > 0 and masked["sort_ms"] > 0
+    assert masked["epoch_ratio_to_dense"] > 0 and "global magnitude mask" in out
     dense_result = report["results"]["dense"]
     assert dense_result["steps_per_epoch"] == math.ceil(1438 / 64)  # val_fraction=0
     assert dense_result["step_ms"] > 0 and dense_result["epoch_seconds"] > 0
