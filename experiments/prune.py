@@ -15,8 +15,15 @@ trains with a fresh optimizer (momentum reset, as Mikler and open_lth do),
 BatchNorm statistics restored with the weights.
 
 Every round is a `randjax.fit` with its own ``round_<r>/`` workdir; the
-driver writes ``rounds.jsonl`` (one record per finished round: density,
-test accuracy, train loss, steps, seconds), ``summary.json`` (the final
+driver writes ``rounds.jsonl``, one record per finished round: ``round``,
+``density`` (kept fraction of the prunable kernels), ``density_all`` (of all
+parameters), ``test_accuracy`` (last epoch), ``best_val_accuracy`` and
+``test_accuracy_at_best_val`` (with a validation split), ``train_loss``,
+``steps`` (trained in the round), ``start_step``, ``seconds`` (the round's
+wall time in the session that finished it) and its parts
+(``train_seconds``, ``compile_seconds``, ``checkpoint_seconds``,
+``bookkeeping_seconds``: scores, masks and rewinding), ``params_sha256``;
+and ``summary.json`` (the final
 ``params_sha256``, the export's size), ``network.npz`` (the pruned network,
 `randjax.export`) and ``accuracy_vs_density.png``. Running the same command
 again resumes at the round and epoch where a killed run stopped, and ends
@@ -39,6 +46,7 @@ import matplotlib.ticker
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -343,6 +351,7 @@ class Pruner:
             "seconds": seconds,
             "train_seconds": sum(e["epoch_seconds"] for e in epochs),
             "compile_seconds": summary["compile_seconds"],
+            "checkpoint_seconds": summary["checkpoint_seconds"],
             "bookkeeping_seconds": bookkeeping,
             "params_sha256": summary["params_sha256"],
         }
@@ -358,7 +367,8 @@ class Pruner:
             rounds, setup = [0], time.perf_counter() - begin
         else:
             rounds, setup = range(round_count(self.plan) + 1), 0.0
-        for r in rounds:
+        bar = tqdm.tqdm(rounds, desc="rounds", unit="round", disable=not self.progress)
+        for r in bar:
             begin = time.perf_counter()
             if r > 0:
                 final = effective_variables(runs[-1], runs[-1].result.state)
@@ -370,6 +380,8 @@ class Pruner:
             setup = 0.0
             records.append(done.get(r) or self._record(r, runs[-1], seconds, bookkeeping))
             _write_jsonl(self.workdir / "rounds.jsonl", records)
+            bar.set_postfix(density=f"{records[-1]['density']:.4f}",
+                            test=f"{records[-1]['test_accuracy']:.4f}")
         return self._finish(records, runs[-1])
 
     def _finish(self, records: list[dict], last: Round) -> dict:

@@ -512,7 +512,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             if workdir is not None:
                 _save_snapshot(workdir, k, snapshots[k])
 
-    step_losses = []
+    step_losses, checkpoint_seconds = [], 0.0
     start_epoch = int(prog.epoch)
     start_time = time.perf_counter() - float(prog.wall_seconds)
     # Compile ahead, so that epoch times measure training alone.
@@ -562,8 +562,10 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             with open(workdir / "metrics.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in history)
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
+                save_start = time.perf_counter()
                 manager.save(epoch + 1, args=ocp.args.StandardSave(
                     {"state": state, "progress": prog}))
+                checkpoint_seconds += time.perf_counter() - save_start
     bar.close()
     take_snapshot(state)
     if manager is not None:
@@ -572,6 +574,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
 
     summary = _summary(state, prog, history, num_devices)
     summary["compile_seconds"] = compile_seconds
+    summary["checkpoint_seconds"] = checkpoint_seconds  # of this call's saves
     summary["start_step"] = start_step
     if workdir is not None:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
