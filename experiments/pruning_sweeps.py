@@ -26,7 +26,10 @@ multiplied by 0.1 at half and three quarters of each round, Mikler's
 shipped-config convention (every retraining restarts the schedule and runs
 the full length; SWR rewinds to step ``swr_epochs`` epochs into the dense
 run). Each record holds the run's rounds and its wall time. From Python:
-``mlp_study(get_config(), out_dir)``.
+``mlp_study(get_config(), out_dir)``. The committed results are
+``--studies=mlps``, ``--studies=convs --convs=conv2,conv4`` and
+``--studies=convs --convs=resnet20 --conv_variants=ft,lrr,sgimp
+--out_dir=experiments/results/pruning/resnet20`` (see the README).
 """
 
 from __future__ import annotations
