@@ -79,12 +79,11 @@ def masked(masks) -> Reparam:
     References:
         Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019.
     """
-    make = masks if callable(masks) else (lambda key, params: masks)
     if not callable(masks):
         masks = _checked(masks)
 
     def init(key, params):
-        chosen = masks if not callable(masks) else _checked(make(key, params))
+        chosen = _checked(masks(key, params)) if callable(masks) else masks
         pruning.check_masks(chosen, params)
         return pruning.apply_masks(params, chosen), chosen
 
