@@ -53,7 +53,8 @@ def test_lottery_ticket_rounds_files_and_export(tmp_path):
 
 
 @pytest.mark.parametrize("variant, extra", [("wr", {}), ("lrr", {}),
-                                            ("swr", {"rewind_step": 5})])
+                                            ("swr", {"rewind_step": 5}),
+                                            ("sgimp", {"rewind_fraction": 0.25})])
 def test_rounds_start_where_the_variant_rewinds_to(tmp_path, variant, extra):
     pruner = prune.Pruner(tiny(variant=variant, **extra), tmp_path, progress=False)
     dense = pruner.train_round(0, None, None)
@@ -63,8 +64,12 @@ def test_rounds_start_where_the_variant_rewinds_to(tmp_path, variant, extra):
         expected = pruner.model.init(randjax.train.model_key(0), x)["params"]
     elif variant == "lrr":  # the trained weights
         expected = dense.result.state.trainable
-    else:  # the dense run after 5 steps
+    elif variant == "swr":  # the dense run after 5 steps
         expected = dense.result.snapshots[5].trainable
+    else:  # a quarter of the previous round's steps back into its own run
+        total = dense.result.summary["steps"]
+        assert sorted(dense.result.snapshots) == [total - round(0.25 * total)]
+        expected = dense.result.snapshots[total - round(0.25 * total)].trainable
     assert randjax.train.params_sha256(start) == randjax.train.params_sha256(expected)
 
 
