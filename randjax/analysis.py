@@ -1,26 +1,354 @@
 """Measurements of trained networks, as the papers make them.
 
-Pure functions of parameters (and of their history), for plots and studies:
+Pure functions of parameters (and of their history), for plots and studies.
+A layer's *units* are the slices of its kernel along ``axis`` (default the
+last: a Dense kernel ``(in, out)`` has ``out`` units, a conv kernel
+``(h, w, in, out)`` has ``out`` filters; Equinox and PyTorch layouts put
+them first, ``axis=0``); each unit is the vector of its incoming weights.
 
-* `ranking_distance`: how far weights move in rank within their vectors
-  between two times (LaPerm, Qiu & Suda 2020, Sec. 3);
-* `cycles`: the cycle decomposition of a weight vector's permutation
-  (Qiu & Suda 2020, Appendix A.4).
+* `frame_potential`, `leave_one_out_fp`: how correlated a layer's units are
+  (Heitmann, Sec. 2), the criterion of `randjax.methods.structured`;
+* `low_rank`, `project_update`, `spectrum`: subspaces and empirical spectral
+  densities (Nagarajan & Kolter 2019; Martin & Mahoney 2018);
+* `cluster_angles`: how tightly units cluster (Brutzkus & Globerson 2019);
+* `weight_profile`, `distance_from_init`, `ranking_distance`, `cycles`:
+  how training moves weights (Qiu & Suda 2020; Neyshabur et al. 2018);
+* `dynamics_hook`: all of these per layer after every epoch of `randjax.fit`.
 
 References:
+    Heitmann, "Sources of Redundancy in Neural Networks", EPFL semester
+    project (jheitmann/Neural-net-pruning).
+    Nagarajan & Kolter, "Generalization in Deep Networks: The Role of
+    Distance from Initialization", 2019. https://arxiv.org/abs/1901.01672
+    Martin & Mahoney, "Implicit Self-Regularization in Deep Neural
+    Networks", 2018. https://arxiv.org/abs/1810.01075
+    Brutzkus & Globerson, "Why do Larger Models Generalize Better? A
+    Theoretical Perspective via the XOR Problem", ICML 2019.
+    Neyshabur et al., "Towards Understanding the Role of
+    Over-Parametrization in Generalization", 2018.
+    https://arxiv.org/abs/1805.12076
     Qiu & Suda, "Train by Reconnect: Decoupling Locations of Weights from
     their Values", NeurIPS 2020. https://arxiv.org/abs/2003.02570
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from randjax import permute
+from randjax import permute, tree
+from randjax.pruning import path_name
 
-__all__ = ["cycles", "ranking_distance"]
+__all__ = [
+    "cluster_angles", "cycles", "distance_from_init", "dynamics_hook", "frame_potential",
+    "gram", "leave_one_out_fp", "low_rank", "project_update", "ranking_distance",
+    "spectrum", "unit_vectors", "weight_profile",
+]
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+# --------------------------------------------------------------------------- #
+# Units and their correlation
+# --------------------------------------------------------------------------- #
+
+def unit_vectors(w: jax.typing.ArrayLike, *, axis: int = -1) -> jax.Array:
+    """A kernel as the ``(N, D)`` matrix of its ``N`` units' incoming weights.
+
+    Args:
+        w: a kernel with ndim >= 2.
+        axis: the units' (output) axis.
+
+    Returns:
+        ``moveaxis(w, axis, 0).reshape(N, -1)``: row ``i`` is unit ``i``'s
+        weight vector (a conv filter flattened over ``(h, w, in)``).
+
+    Raises:
+        ValueError: ``w`` has fewer than 2 dimensions or ``axis`` is out of range.
+    """
+    w = jnp.asarray(w)
+    if w.ndim < 2:
+        raise ValueError(f"a layer's units need a kernel with ndim >= 2, got shape {w.shape}")
+    if not -w.ndim <= axis < w.ndim:
+        raise ValueError(f"axis {axis} is out of range for a kernel of shape {w.shape}")
+    w = jnp.moveaxis(w, axis, 0)
+    return w.reshape(w.shape[0], -1)
+
+
+def gram(w: jax.typing.ArrayLike, *, axis: int = -1, normalize: bool = True) -> jax.Array:
+    """The ``N x N`` Gram matrix of the units, ``G = V V^T``.
+
+    With ``normalize`` each unit's vector is first scaled to unit L2 norm
+    (PyTorch's ``F.normalize``: a zero vector stays zero), so ``G`` holds the
+    cosines between units.
+    """
+    v = unit_vectors(w, axis=axis)
+    if normalize:
+        norms = jnp.linalg.norm(v, axis=1, keepdims=True)
+        v = v / jnp.maximum(norms, 1e-12)
+    return jnp.matmul(v, v.T, precision=_HIGHEST)
+
+
+def frame_potential(w: jax.typing.ArrayLike, *, axis: int = -1,
+                    normalize: bool = True) -> jax.Array:
+    """The frame potential of a layer: ``||G||_F^2 / N^2``.
+
+    ``G`` is the units' Gram matrix (`gram`, diagonal included), ``N`` the
+    number of units, pruned (zero) ones included: a zero unit adds nothing
+    to ``||G||_F^2`` but still counts in ``N``, as in the reference. With
+    unit-norm vectors the potential lies in ``[1/N, 1]``: ``1/N`` for
+    orthogonal units, 1 when all are parallel.
+
+    Args:
+        w: a kernel with ndim >= 2.
+        axis: the units' axis (default last: flax's ``(..., in, out)``).
+        normalize: L2-normalise the units first (the reference's default;
+            ``False`` is its ``fp_mod`` variant).
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.analysis import frame_potential
+        >>> float(frame_potential(jnp.eye(4)))  # 4 orthogonal units
+        0.25
+
+    References:
+        Heitmann, "Sources of Redundancy in Neural Networks", Sec. 2
+        (``models.py::frame_potential``); Benedetto & Fickus, "Finite
+        Normalized Tight Frames", 2003.
+    """
+    g = gram(w, axis=axis, normalize=normalize)
+    return jnp.sum(g * g) / g.shape[0] ** 2
+
+
+def leave_one_out_fp(w: jax.typing.ArrayLike, *, axis: int = -1,
+                     normalize: bool = True) -> jax.Array:
+    """The frame potential of the layer with each unit zeroed in turn.
+
+    Entry ``i`` is ``frame_potential`` (same ``N``) of ``w`` with unit ``i``
+    zeroed: the reference's "all but one", computed from one Gram matrix as
+    ``(||G||_F^2 - 2 sum_j G_ij^2 + G_ii^2) / N^2`` in ``O(N^2)`` instead of
+    ``N`` Gram matrices. A unit that is already zero leaves the potential
+    unchanged.
+
+    Args:
+        w: a kernel with ndim >= 2.
+        axis: the units' axis.
+        normalize: as in `frame_potential`.
+
+    Returns:
+        A float32 vector of length ``N``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.analysis import leave_one_out_fp
+        >>> w = jnp.array([[1., 1., 0.], [0., 0., 1.]])  # units 0 and 1 parallel
+        >>> [round(float(v), 4) for v in leave_one_out_fp(w)]
+        [0.2222, 0.2222, 0.4444]
+
+    References:
+        Heitmann, "Sources of Redundancy in Neural Networks", Sec. 3
+        (``models.py::selective_correlation``).
+    """
+    g2 = jnp.square(gram(w, axis=axis, normalize=normalize))
+    total = jnp.sum(g2)
+    return (total - 2 * jnp.sum(g2, axis=1) + jnp.diagonal(g2)) / g2.shape[0] ** 2
+
+
+# --------------------------------------------------------------------------- #
+# Subspaces and spectra
+# --------------------------------------------------------------------------- #
+
+def _from_units(v: jax.Array, like: jax.Array, axis: int) -> jax.Array:
+    moved = jnp.moveaxis(like, axis, 0).shape
+    return jnp.moveaxis(v.reshape(moved), 0, axis)
+
+
+def _check_rank(k, v: jax.Array, name: str) -> int:
+    k = tree.check_int(k, name, minimum=0)
+    if k > min(v.shape):
+        raise ValueError(f"{name}={k} exceeds the rank of a {v.shape[0]}x{v.shape[1]} "
+                         f"unit matrix (at most {min(v.shape)})")
+    return k
+
+
+def low_rank(w: jax.typing.ArrayLike, k: int, *, axis: int = -1) -> jax.Array:
+    """The best rank-``k`` approximation of a kernel (truncated SVD).
+
+    The kernel is read as its ``(N, D)`` unit matrix (`unit_vectors`), its
+    top ``k`` singular triplets are kept and the result is returned in the
+    kernel's shape. ``||low_rank(w, k)||_F / ||w||_F`` is
+    ``sqrt(sum(spectrum(w)[:k]) / sum(spectrum(w)))``.
+
+    Args:
+        w: a kernel with ndim >= 2.
+        k: the rank kept, ``0 <= k <= min(N, D)``.
+        axis: the units' axis.
+
+    Raises:
+        ValueError: ``k`` is negative or larger than the matrix's rank bound.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.analysis import low_rank
+        >>> w = jnp.diag(jnp.array([3., 2., 1.]))
+        >>> low_rank(w, 2).diagonal().round(4).tolist()
+        [3.0, 2.0, 0.0]
+
+    References:
+        Heitmann, "Sources of Redundancy in Neural Networks", Sec. 4 (the
+        rank-10 "projection" of fc1).
+    """
+    w = jnp.asarray(w)
+    v = unit_vectors(w, axis=axis)
+    k = _check_rank(k, v, "k")
+    u, s, vt = jnp.linalg.svd(v, full_matrices=False)
+    approx = jnp.matmul(u[:, :k] * s[:k], vt[:k], precision=_HIGHEST)
+    return _from_units(approx, w, axis)
+
+
+def project_update(w: jax.typing.ArrayLike, w0: jax.typing.ArrayLike, k: int, *,
+                   axis: int = -1) -> jax.Array:
+    """``w0`` plus the update ``w - w0`` projected onto its top-``k`` singular vectors.
+
+    Nagarajan & Kolter observe that the update of a trained layer is close
+    to low rank: keeping its top 16 of 1024 directions kept the accuracy.
+    Projecting onto the top ``k`` left singular vectors of the update is its
+    best rank-``k`` approximation, so this is ``w0 + low_rank(w - w0, k)``.
+
+    Args:
+        w: the trained kernel.
+        w0: the same kernel at initialisation.
+        k: directions of the update kept.
+        axis: the units' axis.
+
+    Raises:
+        ValueError: the shapes differ, or ``k`` is out of range.
+
+    References:
+        Nagarajan & Kolter, "Generalization in Deep Networks: The Role of
+        Distance from Initialization", 2019 (their released code does not
+        hold this experiment: implemented from the description).
+    """
+    w, w0 = jnp.asarray(w), jnp.asarray(w0)
+    if w.shape != w0.shape:
+        raise ValueError(f"project_update: shapes differ, {w.shape} vs {w0.shape}")
+    return w0 + low_rank(w - w0, k, axis=axis)
+
+
+def spectrum(w: jax.typing.ArrayLike, *, axis: int = -1) -> jax.Array:
+    """The eigenvalues of ``W W^T`` (``W`` the unit matrix), largest first.
+
+    These are the squared singular values of ``W``, ``min(N, D)`` of them:
+    the empirical spectral density of Martin & Mahoney is their histogram
+    (Heitmann: 40 bins, unnormalised, no Marchenko-Pastur fit). Computed as
+    ``eigvalsh`` of the smaller of ``W W^T`` and ``W^T W`` (float32 Gram
+    matrices: the smallest eigenvalues are accurate to about ``1e-7`` of
+    the largest), clipped at 0.
+
+    Args:
+        w: a kernel with ndim >= 2.
+        axis: the units' axis.
+
+    Returns:
+        A float32 vector of length ``min(N, D)``, in decreasing order.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.analysis import spectrum
+        >>> spectrum(jnp.diag(jnp.array([1., 3.]))).round(4).tolist()
+        [9.0, 1.0]
+
+    References:
+        Martin & Mahoney, "Implicit Self-Regularization in Deep Neural
+        Networks", 2018; Heitmann, "Sources of Redundancy in Neural
+        Networks", Sec. 4.
+    """
+    v = unit_vectors(w, axis=axis)
+    small = v if v.shape[0] <= v.shape[1] else v.T
+    eigs = jnp.linalg.eigvalsh(jnp.matmul(small, small.T, precision=_HIGHEST))
+    return jnp.maximum(eigs[::-1], 0.0)
+
+
+# --------------------------------------------------------------------------- #
+# Clustering and how training moves weights
+# --------------------------------------------------------------------------- #
+
+def cluster_angles(w: np.typing.ArrayLike, n_clusters: int, *, axis: int = -1,
+                   seed: int = 0) -> np.ndarray:
+    """Angles (degrees) between each unit and its nearest K-means centre.
+
+    The units are L2-normalised and clustered by scikit-learn's ``KMeans``
+    (``n_init=10``, on the host in float64). Brutzkus & Globerson observed
+    that trained filters cluster (small angles to their centre) where the
+    initial ones do not: compare the distributions of a trained and an
+    initial kernel with the same ``n_clusters``.
+
+    Args:
+        w: a kernel with ndim >= 2.
+        n_clusters: the number of centres, ``1 <= n_clusters <= N``.
+        axis: the units' axis.
+        seed: KMeans' ``random_state``.
+
+    Returns:
+        A float64 array of ``N`` angles in ``[0, 180]``.
+
+    Raises:
+        ValueError: ``n_clusters`` is out of range, or a unit is zero.
+
+    References:
+        Brutzkus & Globerson, "Why do Larger Models Generalize Better? A
+        Theoretical Perspective via the XOR Problem", ICML 2019, Sec. 6.
+    """
+    from sklearn.cluster import KMeans  # only this function needs scikit-learn
+
+    v = np.asarray(unit_vectors(w, axis=axis), np.float64)
+    n_clusters = tree.check_int(n_clusters, "n_clusters", minimum=1)
+    if n_clusters > len(v):
+        raise ValueError(f"n_clusters={n_clusters} exceeds the layer's {len(v)} units")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    if not norms.all():
+        raise ValueError("cluster_angles: a unit's weight vector is zero (pruned?); "
+                         "drop pruned units first")
+    v = v / norms
+    km = KMeans(n_clusters, n_init=10, random_state=seed).fit(v)
+    centres = km.cluster_centers_ / np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True)
+    cosine = np.einsum("nd,nd->n", v, centres[km.labels_])
+    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+
+
+def weight_profile(w: jax.typing.ArrayLike, points: int = 33) -> jax.Array:
+    """A layer's sorted weights, sampled at ``points`` evenly spaced ranks.
+
+    LaPerm's Fig. 1 and 10: the profile of sorted weights barely changes in
+    training (its shape is set by the initialisation), which is why training
+    by permutation works. Entry ``j`` is the ``j / (points - 1)`` quantile.
+
+    References:
+        Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 2, Fig. 1.
+    """
+    points = tree.check_int(points, "points", minimum=2)
+    return jnp.quantile(jnp.ravel(jnp.asarray(w, jnp.float32)), jnp.linspace(0.0, 1.0, points))
+
+
+def distance_from_init(w: jax.typing.ArrayLike, w0: jax.typing.ArrayLike) -> jax.Array:
+    """``||w - w0||_F``: the distance from initialisation of Neyshabur et al.
+
+    References:
+        Neyshabur et al., "Towards Understanding the Role of
+        Over-Parametrization in Generalization", 2018, Sec. 3; Nagarajan &
+        Kolter, 2019.
+    """
+    w, w0 = jnp.asarray(w), jnp.asarray(w0)
+    if w.shape != w0.shape:
+        raise ValueError(f"distance_from_init: shapes differ, {w.shape} vs {w0.shape}")
+    return jnp.linalg.norm((w - w0).ravel())
 
 
 def ranking_distance(w_prev: jax.typing.ArrayLike,
@@ -63,8 +391,6 @@ def ranking_distance(w_prev: jax.typing.ArrayLike,
                     - permute.ranks(permute.columns(w_prev), 0))
     moved = moved.astype(jnp.float32)
     return moved.mean(), moved.std()
-
-
 
 
 def cycles(perm: np.typing.ArrayLike) -> list[tuple[int, ...]]:
@@ -112,3 +438,104 @@ def cycles(perm: np.typing.ArrayLike) -> list[tuple[int, ...]]:
             i = perm[i]
         result.append(tuple(cycle))
     return result
+
+
+# --------------------------------------------------------------------------- #
+# A recorder for `randjax.fit`
+# --------------------------------------------------------------------------- #
+
+def _layer_measures(w, w0, w_prev, *, axis, spectra, profile_points):
+    ranked = jnp.moveaxis(w, axis, -1)
+    mean, std = ranking_distance(jnp.moveaxis(w_prev, axis, -1), ranked)
+    out = {"frame_potential": frame_potential(w, axis=axis),
+           "norm": jnp.linalg.norm(w.ravel()),
+           "distance_from_init": distance_from_init(w, w0),
+           "ranking_distance": jnp.stack([mean, std]),
+           "profile": weight_profile(w, profile_points)}
+    if spectra:
+        out["spectrum"] = spectrum(w, axis=axis)
+    return out
+
+
+def dynamics_hook(reparam, initial_params: Any, *, filter: tree.Filter = tree.is_kernel,
+                  axis: int = -1, spectra: bool = False, profile_points: int = 33
+                  ) -> Callable[[int, Any], dict]:
+    """An ``epoch_hook`` for `randjax.fit` that records how each layer trains.
+
+    After every epoch the effective weights ``reparam.apply(trainable,
+    frozen, train=False)`` of every selected leaf are measured in one jitted
+    program, and only the measurements reach the host (no whole matrices):
+
+    * ``frame_potential`` (`frame_potential`), ``norm`` (Frobenius);
+    * ``distance_from_init`` (`distance_from_init` from ``initial_params``);
+    * ``ranking_distance``: ``[mean, std]`` of how far weights moved in rank
+      within their units since the previous epoch (`ranking_distance`; the
+      first epoch compares with ``initial_params``);
+    * ``profile``: the sorted weight profile (`weight_profile`);
+    * ``spectrum`` (with ``spectra=True``): the eigenvalues of ``W W^T``
+      (`spectrum`), ``min(N, D)`` numbers per layer.
+
+    The record gets one entry, ``"dynamics": {leaf name: {measure: value}}``
+    (leaf names as `randjax.pruning.path_name`, e.g. ``"Dense_0/kernel"``);
+    `experiments.plot` draws them.
+
+    Args:
+        reparam: the run's `randjax.Reparam` (``fit``'s ``reparam``).
+        initial_params: the effective parameters at step 0 (for dense
+            training, the model's initial ``params``).
+        filter: which leaves to measure (default: every kernel).
+        axis: the units' axis of every kernel.
+        spectra: also record each layer's spectrum.
+        profile_points: points of each weight profile.
+
+    Returns:
+        ``hook(epoch, state) -> {"dynamics": ...}``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, randjax
+        >>> params = {"Dense_0": {"kernel": jnp.eye(3), "bias": jnp.zeros(3)}}
+        >>> rp = randjax.dense()
+        >>> trainable, frozen = rp.init(jax.random.key(0), params)
+        >>> hook = randjax.analysis.dynamics_hook(rp, params)
+        >>> state = randjax.train.TrainState(0, trainable, frozen, {}, None)
+        >>> record = hook(1, state)["dynamics"]["Dense_0/kernel"]
+        >>> round(record["frame_potential"], 4), record["distance_from_init"]
+        (0.3333, 0.0)
+
+    References:
+        Neyshabur et al. 2018 (distance from init); Qiu & Suda 2020, Sec. 3
+        (ranking distance, weight profiles); Martin & Mahoney 2018 (spectra);
+        Heitmann (frame potential).
+    """
+    filter = tree.check_filter(filter)
+    spectra = tree.check_bool(spectra, "spectra")
+    profile_points = tree.check_int(profile_points, "profile_points", minimum=2)
+
+    def selected(params):
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        return {path_name(p): leaf for p, leaf in leaves if filter(p, leaf)}
+
+    initial = {k: jnp.asarray(v) for k, v in selected(initial_params).items()}
+    if not initial:
+        raise ValueError("dynamics_hook: the filter selects no leaf of initial_params")
+
+    @jax.jit
+    def measure(trainable, frozen, previous):
+        now = selected(reparam.apply(trainable, frozen, key=None, train=False))
+        if now.keys() != initial.keys():
+            raise ValueError(f"dynamics_hook: the run's leaves {sorted(now)} are not "
+                             f"initial_params' {sorted(initial)}")
+        out = {k: _layer_measures(now[k], initial[k], previous[k], axis=axis,
+                                  spectra=spectra, profile_points=profile_points)
+               for k in now}
+        return out, {k: jnp.copy(v) for k, v in now.items()}  # copies: fit donates
+
+    previous = dict(initial)
+
+    def hook(epoch: int, state) -> dict:
+        nonlocal previous
+        del epoch
+        out, previous = measure(state.trainable, state.frozen, previous)
+        return {"dynamics": jax.tree.map(lambda a: np.asarray(a).tolist(), jax.device_get(out))}
+
+    return hook

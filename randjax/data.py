@@ -44,6 +44,7 @@ __all__ = [
     "Split",
     "augment",
     "load",
+    "pad_to_chunks",
     "read_idx",
     "shuffle_batches",
     "write_idx",
@@ -80,6 +81,22 @@ class Split(NamedTuple):
 
     x: np.ndarray
     y: np.ndarray
+
+
+def pad_to_chunks(split: Split, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``split`` zero-padded to a whole number of ``chunk``-sized chunks.
+
+    Returns:
+        ``(x, y, valid)``: the padded images and labels and a float32 vector,
+        1 for the real examples and 0 for the padding, so that jitted
+        evaluation sums over fixed-size chunks and weighs out the padding.
+    """
+    n = len(split.y)
+    pad = -n % chunk
+    x = np.concatenate([split.x, np.zeros((pad, *split.x.shape[1:]), split.x.dtype)])
+    y = np.concatenate([split.y, np.zeros((pad,), split.y.dtype)])
+    valid = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return x, y, valid
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -265,7 +265,7 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
 def make_eval_fn(model, reparam, mesh, chunk: int):
     """A jitted ``evaluate(state, x, y, valid, key) -> (mean loss, accuracy)``.
 
-    ``x``/``y``/``valid`` are padded to whole chunks (see `_pad_for_eval`);
+    ``x``/``y``/``valid`` are padded to whole chunks (see `randjax.data.pad_to_chunks`);
     padded rows have ``valid == 0`` and count for nothing.
     """
 
@@ -283,15 +283,6 @@ def make_eval_fn(model, reparam, mesh, chunk: int):
         return losses.sum() / n, correct.sum() / n
 
     return jax.jit(evaluate)
-
-
-def _pad_for_eval(split: data_lib.Split, chunk: int):
-    n = len(split.y)
-    pad = -n % chunk
-    x = np.concatenate([split.x, np.zeros((pad, *split.x.shape[1:]), split.x.dtype)])
-    y = np.concatenate([split.y, np.zeros((pad,), split.y.dtype)])
-    valid = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return x, y, valid
 
 
 # --------------------------------------------------------------------------- #
@@ -469,7 +460,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
                                  variables=variables, step=start_step))
     train_x, train_y = to_device((dataset.train.x, dataset.train.y))
     chunk = -(-eval_batch_size // num_devices) * num_devices
-    eval_splits = {name: to_device(_pad_for_eval(split, chunk))
+    eval_splits = {name: to_device(data_lib.pad_to_chunks(split, chunk))
                    for name, split in (("val", dataset.val), ("test", dataset.test))
                    if len(split.y)}
 

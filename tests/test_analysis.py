@@ -1,9 +1,13 @@
-"""Analysis: ranking distance and permutation cycles."""
+"""Analysis: frame potential, subspaces, spectra, clustering, dynamics, ranking distance, cycles."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import randjax
+from randjax import analysis, data, models
 from randjax.analysis import cycles, ranking_distance
 
 
@@ -38,3 +42,119 @@ def test_cycles_by_hand():
     for bad in ([0, 0], [[0, 1]], [0.0, 1.0], [1, 2]):
         with pytest.raises(ValueError, match="permutation"):
             cycles(bad)
+
+
+# --------------------------------------------------------------------------- #
+# Frame potential, subspaces, spectra, clustering, the dynamics hook
+
+
+
+def _direct_fp(w_rows: np.ndarray, n: int) -> float:
+    """The reference's definition: normalised rows, trace(T T) / N^2."""
+    norms = np.linalg.norm(w_rows, axis=1, keepdims=True)
+    v = w_rows / np.maximum(norms, 1e-12)
+    t = v @ v.T
+    return float(np.trace(t @ t) / n**2)
+
+
+def test_frame_potential_matches_the_direct_definition():
+    w = np.asarray(jax.random.normal(jax.random.key(0), (20, 12)), np.float64)
+    w[:, 3] = 0.0  # a pruned unit still counts in N
+    np.testing.assert_allclose(analysis.frame_potential(w), _direct_fp(w.T, 12), rtol=1e-5)
+    # Conv kernel (h, w, in, out): filters flattened over (h, w, in); Equinox layout axis=0.
+    conv = np.asarray(jax.random.normal(jax.random.key(1), (3, 3, 4, 6)))
+    rows = np.moveaxis(conv, -1, 0).reshape(6, -1)
+    np.testing.assert_allclose(analysis.frame_potential(conv), _direct_fp(rows, 6), rtol=1e-5)
+    np.testing.assert_allclose(analysis.frame_potential(np.moveaxis(conv, -1, 0), axis=0),
+                               _direct_fp(rows, 6), rtol=1e-5)
+    assert float(analysis.frame_potential(np.eye(5))) == pytest.approx(0.2)
+    assert float(analysis.frame_potential(np.ones((4, 5)))) == pytest.approx(1.0)
+    # Without normalisation (the reference's fp_mod) scale matters.
+    assert float(analysis.frame_potential(2 * np.eye(5), normalize=False)) == pytest.approx(3.2)
+
+
+def test_leave_one_out_fp_matches_zeroing_each_unit():
+    w = np.array(jax.random.normal(jax.random.key(2), (30, 16)))
+    w[:, 5] = 0.0
+    expected = [_direct_fp(np.where(np.arange(16)[:, None] == i, 0.0, w.T), 16)
+                for i in range(16)]
+    got = jax.jit(analysis.leave_one_out_fp)(w)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert float(got[5]) == pytest.approx(float(analysis.frame_potential(w)))
+
+
+def test_unit_functions_reject_bad_input():
+    with pytest.raises(ValueError, match="ndim >= 2"):
+        analysis.frame_potential(jnp.ones(4))
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        analysis.leave_one_out_fp(jnp.ones((3, 4)), axis=2)
+    with pytest.raises(ValueError, match="exceeds the rank"):
+        analysis.low_rank(jnp.ones((5, 3)), 4)
+    with pytest.raises(ValueError, match="k must be"):
+        analysis.low_rank(jnp.ones((5, 3)), -1)
+    with pytest.raises(ValueError, match="shapes differ"):
+        analysis.project_update(jnp.ones((5, 3)), jnp.ones((3, 5)), 1)
+    with pytest.raises(ValueError, match="exceeds the layer's 3 units"):
+        analysis.cluster_angles(np.ones((5, 3)), 4)
+    with pytest.raises(ValueError, match="zero"):
+        analysis.cluster_angles(np.zeros((5, 3)), 2)
+
+
+def test_low_rank_project_update_and_spectrum_agree_with_numpy():
+    w = np.asarray(jax.random.normal(jax.random.key(3), (40, 12)), np.float32)
+    w0 = np.asarray(jax.random.normal(jax.random.key(4), (40, 12)), np.float32)
+    u, s, vt = np.linalg.svd(w.T, full_matrices=False)  # rows are units
+    for k in (0, 1, 5, 12):
+        np.testing.assert_allclose(analysis.low_rank(w, k), ((u[:, :k] * s[:k]) @ vt[:k]).T,
+                                   atol=1e-4)
+    np.testing.assert_allclose(analysis.low_rank(w, 12), w, atol=1e-4)
+    np.testing.assert_allclose(analysis.project_update(w, w0, 12), w, atol=1e-4)
+    np.testing.assert_allclose(analysis.project_update(w, w0, 0), w0)
+    np.testing.assert_allclose(analysis.spectrum(w), s**2, rtol=1e-4)
+    # Conv kernels: the spectrum of the (out, h*w*in) unit matrix, either layout.
+    conv = np.asarray(jax.random.normal(jax.random.key(5), (3, 3, 2, 4)))
+    expected = np.linalg.svd(np.moveaxis(conv, -1, 0).reshape(4, -1), compute_uv=False) ** 2
+    np.testing.assert_allclose(analysis.spectrum(conv), expected, rtol=1e-4)
+    np.testing.assert_allclose(analysis.spectrum(np.moveaxis(conv, -1, 0), axis=0), expected,
+                               rtol=1e-4)
+    assert analysis.low_rank(conv, 2).shape == conv.shape
+
+
+def test_cluster_angles_are_small_for_clustered_units():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 50))
+    clustered = (np.repeat(centres, 10, axis=0) + 0.05 * rng.normal(size=(30, 50))).T
+    spread = rng.normal(size=(50, 30))
+    tight = analysis.cluster_angles(clustered, 3)
+    loose = analysis.cluster_angles(spread, 3)
+    assert tight.shape == (30,) and tight.max() < 10
+    assert np.median(loose) > 40
+
+
+def test_weight_profile_and_distance():
+    w = jnp.arange(10.0).reshape(5, 2)
+    np.testing.assert_allclose(analysis.weight_profile(w, 3), [0.0, 4.5, 9.0])
+    assert float(analysis.distance_from_init(w, w + 1)) == pytest.approx(np.sqrt(10))
+
+
+def test_dynamics_hook_records_every_kernel_inside_fit():
+    dataset = data.load("digits", val_fraction=0.0)
+    model = models.get("lenet300_100", num_classes=10)
+    initial = model.init(randjax.train.model_key(0),
+                         jnp.zeros((1, *dataset.input_shape)))["params"]
+    hook = analysis.dynamics_hook(randjax.dense(), initial, spectra=True, profile_points=5)
+    result = randjax.fit(model, dataset, optax.sgd(0.05), epochs=2,
+                         batch_size=128, epoch_hook=hook, progress=False)
+    first, last = (r["dynamics"] for r in result.history)
+    assert set(last) == {"Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}
+    final = result.state.trainable["Dense_0"]["kernel"]
+    layer = last["Dense_0/kernel"]
+    assert layer["frame_potential"] == pytest.approx(float(analysis.frame_potential(final)),
+                                                     rel=1e-5)
+    assert layer["distance_from_init"] == pytest.approx(
+        float(analysis.distance_from_init(final, initial["Dense_0"]["kernel"])), rel=1e-5)
+    assert layer["distance_from_init"] > first["Dense_0/kernel"]["distance_from_init"] > 0
+    assert len(layer["spectrum"]) == 64 and len(layer["profile"]) == 5  # 8x8 digits: 64 inputs
+    assert layer["ranking_distance"][0] > 0
+    with pytest.raises(ValueError, match="selects no leaf"):
+        analysis.dynamics_hook(randjax.dense(), {"b": jnp.ones(3)})

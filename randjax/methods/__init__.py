@@ -11,7 +11,9 @@ and registers its export codec with `randjax.export.register_codec`:
 * `laperm`: Qiu & Suda, NeurIPS 2020 (permutations of the initial weights);
 * `lookahead`: Zhang et al., NeurIPS 2019 (the optimizer LaPerm is compared with);
 * `masked`: training under fixed pruning masks (Frankle & Carbin, ICLR 2019;
-  Mikler 2021), with the masks from `randjax.pruning`.
+  Mikler 2021), with the masks from `randjax.pruning`;
+* `structured`: unit pruning without retraining by magnitude, frame
+  potential or at random, and its accuracy curve (Heitmann).
 
 Their constructors are re-exported at the top level (`randjax.edge_popup`,
 `randjax.laperm`, ...); ``randjax.methods.<name>`` is the module, with the

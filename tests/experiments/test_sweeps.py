@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 
 def _rows(path):
     return {r["name"]: r for r in json.loads(path.read_text())}
@@ -119,6 +121,42 @@ def test_pruning_sweeps_write_records_and_figures(tmp_path, run_module):
     (conv,) = _rows(tmp_path / "convs.json").values()
     assert conv["train_limit"] == 300 and len(conv["rounds"]) == 2
     for name in ("mlps", "convs"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    out = run_module(*args)  # everything recorded: nothing trains again
+    assert ": test " not in out
+
+
+def test_structured_sweeps_write_records_and_figures(tmp_path, run_module):
+    from experiments import structured_sweeps
+    assert set(structured_sweeps.HELP) == set(structured_sweeps.get_config())
+    args = ["experiments.structured_sweeps", "--dataset=digits", "--models=lenet300_100",
+            "--lenet_epochs=2", "--spectra_epochs=0,2", "--ks=1,4", "--clusters=3",
+            "--random_rounds=2", f"--out_dir={tmp_path}", f"--work_dir={tmp_path / 'runs'}"]
+    run_module(*args)
+    (fig2,) = _rows(tmp_path / "fig2.json").values()
+    assert fig2["removed"] == 270 and fig2["units"] == 300
+    assert fig2["iterations"] == 2 * 23  # 1,437 training images, batch 64
+    curves = fig2["curves"]
+    assert set(curves) == set(structured_sweeps.CRITERIA)
+    for curve in curves.values():
+        assert len(curve["accuracy"]) == 271
+        assert curve["accuracy"][0] == pytest.approx(fig2["test_accuracy"], abs=1e-6)
+    assert curves["random"]["std"][0] == 0 and max(curves["random"]["std"]) > 0
+    # The FP criterion's potential after 270 removals is the greedy one's.
+    fp = curves["FP, least correlated first"]["frame_potential"]
+    assert fp[-1] > curves["FP, most correlated first"]["frame_potential"][-1]
+    (sub,) = _rows(tmp_path / "subspaces.json").values()
+    dense0 = sub["layers"]["Dense_0"]
+    assert dense0["ks"] == [1, 4, 64]  # ks up to the rank, plus the rank itself
+    assert dense0["rank_k"][-1] == pytest.approx(sub["test_accuracy"], abs=2e-3)
+    assert dense0["norm_share"][-1] == pytest.approx(1.0, abs=1e-4)
+    (spectra,) = _rows(tmp_path / "spectra.json").values()
+    assert set(spectra["layers"]["Dense_0/kernel"]) == {"0", "2"}
+    assert sum(spectra["layers"]["Dense_0/kernel"]["2"]["counts"]) == 64
+    (clusters,) = _rows(tmp_path / "clustering.json").values()
+    assert len(clusters["layers"]["Dense_0"]["trained"]) == 300
+    for name in ("fig2", "subspaces", "spectra_lenet300_100", "dynamics_lenet300_100",
+                 "clustering"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     out = run_module(*args)  # everything recorded: nothing trains again
     assert ": test " not in out
