@@ -13,6 +13,8 @@
     python -m experiments.benchmark --model=conv4 --dataset=synthetic \
         --input_shape=32,32,3 --num_examples=5000 --batch=128 \
         --methods=dense,masked --optimizer=sgd
+    python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
+        --optimizer=sgd --analysis
 
 Every number comes from one process, after compilation: the median of
 ``--steps`` individually dispatched train steps, and the median of
@@ -44,6 +46,19 @@ The two steps differ only in the optimizer update, so ``update_ms`` and
 ``--laperm_sync_period``), and ``amortised_ratio_from_updates`` is
 ``1 + (update_ms - plain_update_ms) / block_step_ms``: the amortised ratio
 without the noise of timing the forward and backward passes twice.
+
+``--analysis`` adds, on the model's first kernel (``Dense_0``), the
+frame-potential timings of `analysis_seconds`: ``loo_fp_ms``, all
+leave-one-out potentials from one Gram matrix
+(`randjax.analysis.leave_one_out_fp`), against ``loo_fp_reference_ms``,
+the reference's recomputation per candidate (one Gram matrix of the other
+units each, jitted and vmapped); ``greedy_fp_s``, the greedy order of
+``int(0.9 N)`` removals (`randjax.methods.structured.fp_order`), against
+``greedy_fp_reference_s``, the reference's loop (one recomputation per
+removal, timed over ``--fp_reference_removals`` removals and scaled to the
+same count: ``greedy_fp_reference_extrapolated``); and ``hook_ms``, one
+call of `randjax.analysis.dynamics_hook` with spectra on every kernel, with
+``hook_over_epoch``, its share of dense's epoch.
 """
 
 from __future__ import annotations
@@ -89,6 +104,10 @@ _LAPERM_INCLUDE_1D = flags.DEFINE_bool(
     "laperm_include_1d", False, "laperm also permutes biases (skip_bias=False).")
 _SELECT_SIZE = flags.DEFINE_integer(
     "select_size", 0, "If > 0, only time kth_largest against jnp.sort on this many values.")
+_ANALYSIS = flags.DEFINE_bool("analysis", False, "Also time the frame-potential analyses "
+                              "and the dynamics hook (see the module docstring).")
+_FP_REFERENCE_REMOVALS = flags.DEFINE_integer(
+    "fp_reference_removals", 5, "Removals of the reference's greedy loop that are timed.")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
     "CPU (--nofast_conv_grad: XLA's own, to compare).")
@@ -331,6 +350,52 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     return seconds * math.ceil(len(y) / batch) / steps
 
 
+def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
+                     reference_removals: int) -> dict:
+    """Frame-potential and dynamics-hook timings on ``Dense_0`` (see the docstring)."""
+    from randjax import analysis
+    from randjax.methods import structured
+
+    params = _initial_params(model_name, dataset)
+    kernel = params["Dense_0"]["kernel"]
+    n = kernel.shape[-1]
+    count = int(0.9 * n)
+
+    def reference_loo(w, alive):
+        def without(i):
+            return analysis.frame_potential(w * (alive & (jnp.arange(n) != i)))
+        return jax.vmap(without)(jnp.arange(n))
+
+    fast_loo = jax.jit(analysis.leave_one_out_fp)
+    slow_loo = jax.jit(reference_loo)
+    greedy = jax.jit(lambda w: structured.fp_order(w, count))
+    alive = jnp.ones(n, bool)
+
+    def reference_greedy():
+        keep = alive
+        for _ in range(reference_removals):
+            loo = slow_loo(kernel, keep)
+            keep = keep.at[jnp.argmax(jnp.where(keep, loo, -jnp.inf))].set(False)
+        return keep
+
+    hook = analysis.dynamics_hook(randjax.dense(), params, spectra=True)
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(lambda _: None,
+                                                                             params), {}, ())
+    times = _interleaved_medians({
+        "loo": lambda: fast_loo(kernel), "loo_reference": lambda: slow_loo(kernel, alive),
+        "greedy": lambda: greedy(kernel), "greedy_reference": reference_greedy,
+        "hook": lambda: hook(1, state)}, repeats)
+    per_removal = times["greedy_reference"] / reference_removals
+    return {"units": n, "removals": count, "loo_fp_ms": 1e3 * times["loo"],
+            "loo_fp_reference_ms": 1e3 * times["loo_reference"],
+            "loo_speedup": times["loo_reference"] / times["loo"],
+            "greedy_fp_s": times["greedy"],
+            "greedy_fp_reference_s": per_removal * count,
+            "greedy_fp_reference_extrapolated": f"from {reference_removals} removals",
+            "greedy_speedup": per_removal * count / times["greedy"],
+            "hook_ms": 1e3 * times["hook"]}
+
+
 def main(argv):
     del argv
     if _SELECT_SIZE.value > 0:
@@ -383,6 +448,17 @@ def main(argv):
               f"{mk['global_mask_ms']:.2f} ms (jnp.sort of them: {mk['sort_ms']:.2f} ms), "
               f"{100 * mk['global_mask_over_epoch']:.3f}% of dense's epoch of "
               f"{len(dataset.train.y)} images")
+    if _ANALYSIS.value:
+        fp = analysis_seconds(_MODEL.value, dataset, max(3, _STEPS.value // 5),
+                              _FP_REFERENCE_REMOVALS.value)
+        fp["hook_over_epoch"] = 1e-3 * fp["hook_ms"] / results["dense"]["epoch_seconds"]
+        results["dense"]["analysis"] = fp
+        print(f"frame potential on Dense_0 ({fp['units']} units): leave-one-out "
+              f"{fp['loo_fp_ms']:.2f} ms (reference's recompute {fp['loo_fp_reference_ms']:.1f} "
+              f"ms); greedy {fp['removals']} removals {fp['greedy_fp_s']:.3f} s (reference "
+              f"{fp['greedy_fp_reference_s']:.1f} s, {fp['greedy_fp_reference_extrapolated']}); "
+              f"dynamics hook {fp['hook_ms']:.1f} ms = {100 * fp['hook_over_epoch']:.2f}% "
+              f"of dense's epoch")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,

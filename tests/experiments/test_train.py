@@ -146,8 +146,12 @@ def test_benchmark_reports_json(tmp_path, run_module):
     out_file = tmp_path / "bench.json"
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
                      "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}",
-                     "--methods=edge_popup,masked")
+                     "--methods=edge_popup,masked", "--analysis", "--fp_reference_removals=1")
     report = json.loads(out_file.read_text())
+    fp = report["results"]["dense"]["analysis"]
+    assert (fp["units"], fp["removals"]) == (300, 270)
+    assert fp["loo_fp_ms"] > 0 and fp["greedy_fp_reference_s"] > fp["greedy_fp_s"] > 0
+    assert fp["hook_over_epoch"] > 0 and "leave-one-out" in out
     assert list(report["results"]) == ["dense", "edge_popup", "masked"]
     assert report["results"]["edge_popup"]["ratio_to_dense"] > 0
     masked = report["results"]["masked"]
