@@ -123,9 +123,9 @@ def fp_order(w: jax.typing.ArrayLike, count: int | None = None, *, axis: int = -
     Example:
         >>> import jax.numpy as jnp
         >>> from randjax.methods.structured import fp_order
-        >>> w = jnp.array([[1., 1., 0.], [0., 0.1, 1.]])  # units 0 and 1 nearly parallel
+        >>> w = jnp.array([[1., 1., 0.], [0., 0.1, 1.]])  # unit 1 leans towards 0 and 2
         >>> fp_order(w, 1)[0].tolist(), fp_order(w, 1, most_correlated_first=True)[0].tolist()
-        ([2], [0])
+        ([2], [1])
 
     References:
         Heitmann, ``prune.py::fp_pruning`` and
