@@ -38,6 +38,15 @@ DYNAMICS = {"frame_potential": "frame potential", "norm": "||W||_F",
             "distance_from_init": "||W - W0||_F", "ranking_distance": "ranking distance (mean)"}
 
 
+def save_figure(fig, out: str | pathlib.Path, title: str | None = None):
+    """Titles (if ``title``), lays out and writes ``fig`` to ``out``, then closes it."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_runs(runs: dict[str, list[dict]], out: str | pathlib.Path, title: str | None = None):
     """Draws loss and accuracy curves of ``{label: records}`` into ``out``."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -54,11 +63,7 @@ def plot_runs(runs: dict[str, list[dict]], out: str | pathlib.Path, title: str |
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, title)
 
 
 def plot_dynamics(records: list[dict], out: str | pathlib.Path, title: str | None = None):
@@ -91,11 +96,7 @@ def plot_dynamics(records: list[dict], out: str | pathlib.Path, title: str | Non
     ax.set(xlabel="rank (quantile)", ylabel=f"weight (dashed: epoch {epochs[0]}, "
            f"solid: {epochs[-1]})")
     ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, title)
 
 
 def main(argv):

@@ -244,9 +244,7 @@ def plot_fig2(rows: list[dict], path: pathlib.Path, dataset: str):
                title=f"{row['model']} on {dataset}: {row['iterations']} iterations")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_lib.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -283,13 +281,21 @@ def subspace_record(study: ml_collections.ConfigDict, net: Trained, model: str) 
             "layers": layers, "wall_seconds": time.perf_counter() - start_time}
 
 
-def subspaces(study: ml_collections.ConfigDict, out: pathlib.Path):
-    records = Records(out / "subspaces.json")
-    rows = [records.get(m) or records.add(subspace_record(study, trained(study, m), m))
+def _layer_panels(study, path: pathlib.Path, record, size: tuple[float, float]):
+    """Every model's record (made by ``record`` unless kept in ``path``) and one
+    axis per recorded layer: ``(fig, [(ax, (row, layer name, layer record))])``."""
+    records = Records(path)
+    rows = [records.get(m) or records.add(record(study, trained(study, m), m))
             for m in study.models]
     panels = [(row, name, layer) for row in rows for name, layer in row["layers"].items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, (row, name, layer) in zip(axes[0], panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(size[0] * len(panels), size[1]),
+                             squeeze=False)
+    return fig, list(zip(axes[0], panels))
+
+
+def subspaces(study: ml_collections.ConfigDict, out: pathlib.Path):
+    fig, panels = _layer_panels(study, out / "subspaces.json", subspace_record, (4.6, 3.8))
+    for ax, (row, name, layer) in panels:
         ax.plot(layer["ks"], 100 * np.asarray(layer["rank_k"]), "o-", label="rank-k W")
         ax.plot(layer["ks"], 100 * np.asarray(layer["update_rank_k"]), "s-",
                 label="W0 + rank-k (W - W0)")
@@ -299,9 +305,7 @@ def subspaces(study: ml_collections.ConfigDict, out: pathlib.Path):
                title=f"{row['model']} {name} (rank {layer['rank']})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "subspaces.png", dpi=110)
-    plt.close(fig)
+    plot_lib.save_figure(fig, out / "subspaces.png")
 
 
 # --------------------------------------------------------------------------- #
@@ -337,10 +341,8 @@ def spectra(study: ml_collections.ConfigDict, out: pathlib.Path):
                 ax.stairs(hist["counts"], hist["edges"], label=f"epoch {epoch}")
             ax.set(xlabel="eigenvalue of W W^T", ylabel="count", yscale="log", title=name)
             ax.legend(fontsize=7)
-        fig.suptitle(f"{model}: empirical spectral densities")
-        fig.tight_layout()
-        fig.savefig(out / f"spectra_{model}.png", dpi=110)
-        plt.close(fig)
+        plot_lib.save_figure(fig, out / f"spectra_{model}.png",
+                             f"{model}: empirical spectral densities")
         plot_lib.plot_dynamics(randjax.train.read_metrics(net.workdir),
                                out / f"dynamics_{model}.png", title=model)
 
@@ -366,12 +368,8 @@ def clustering_record(study: ml_collections.ConfigDict, net: Trained, model: str
 
 
 def clustering(study: ml_collections.ConfigDict, out: pathlib.Path):
-    records = Records(out / "clustering.json")
-    rows = [records.get(m) or records.add(clustering_record(study, trained(study, m), m))
-            for m in study.models]
-    panels = [(row, name, layer) for row in rows for name, layer in row["layers"].items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (row, name, layer) in zip(axes[0], panels):
+    fig, panels = _layer_panels(study, out / "clustering.json", clustering_record, (4.2, 3.6))
+    for ax, (row, name, layer) in panels:
         bins = np.linspace(0, 90, 31)
         for kind in ("initial", "trained"):
             ax.hist(layer[kind], bins=bins, alpha=0.6,
@@ -379,9 +377,7 @@ def clustering(study: ml_collections.ConfigDict, out: pathlib.Path):
         ax.set(xlabel=f"angle to the nearest of {row['clusters']} centres (deg)",
                ylabel="units", title=f"{row['model']} {name}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "clustering.png", dpi=110)
-    plt.close(fig)
+    plot_lib.save_figure(fig, out / "clustering.png")
 
 
 STUDIES = {"fig2": fig2, "subspaces": subspaces, "spectra": spectra, "clustering": clustering}

@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -357,6 +358,7 @@ def accuracy_curve(model: nn.Module, variables: Mapping, x: jax.typing.ArrayLike
     return (np.asarray(correct, np.float64) / len(y)).reshape(len(orders), -1)
 
 
+@functools.cache  # one compile per model and options, however often the curve is drawn
 def _curve_program(model, layer: str, axis: int, zero_bias: bool, remove_outgoing):
     target = tuple(layer.split("/"))
 
