@@ -58,7 +58,9 @@ units each, jitted and vmapped); ``greedy_fp_s``, the greedy order of
 removal, timed over ``--fp_reference_removals`` removals and scaled to the
 same count: ``greedy_fp_reference_extrapolated``); and ``hook_ms``, one
 call of `randjax.analysis.dynamics_hook` with spectra on every kernel, with
-``hook_over_epoch``, its share of dense's epoch.
+``hook_over_epoch``, its share of dense's epoch, and ``hook_parts_ms``, its
+measures timed alone (each over every kernel in one jitted program; ``ranks``
+is one ranking, the ranking distance's share).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ from absl import app, flags
 import randjax
 from experiments import registry
 from randjax import data as data_lib
-from randjax import models, train
+from randjax import models, permute, train
 
 _MODEL = flags.DEFINE_string("model", "conv4", "Model name (randjax.models.names()).")
 _DATASET = flags.DEFINE_string("dataset", "synthetic",
@@ -381,10 +383,24 @@ def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
     hook = analysis.dynamics_hook(randjax.dense(), params, spectra=True)
     state = train.TrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(lambda _: None,
                                                                              params), {}, ())
+    # The hook's measures one by one, each over every kernel in one program.
+    kernels = [leaf for leaf in jax.tree.leaves(params) if leaf.ndim >= 2]
+    parts = {name: jax.jit(lambda ks, f=f: [f(k) for k in ks]) for name, f in {
+        "frame_potential": analysis.frame_potential,
+        "ranks": lambda k: permute.ranks(permute.columns(k), 0),
+        "weight_profile": analysis.weight_profile,
+        "spectrum": analysis.spectrum}.items()}
+    for part in parts.values():
+        jax.block_until_ready(part(kernels))  # compile
     times = _interleaved_medians({
         "loo": lambda: fast_loo(kernel), "loo_reference": lambda: slow_loo(kernel, alive),
-        "greedy": lambda: greedy(kernel), "greedy_reference": reference_greedy,
-        "hook": lambda: hook(1, state)}, repeats)
+        "greedy": lambda: greedy(kernel), "greedy_reference": reference_greedy}, repeats)
+    # Apart from the references, whose large loops would evict the hook's data
+    # from the caches between its calls (training does not).
+    times.update(_interleaved_medians({
+        "hook": lambda: hook(1, state),
+        **{name: functools.partial(part, kernels) for name, part in parts.items()}},
+        3 * repeats))
     per_removal = times["greedy_reference"] / reference_removals
     return {"units": n, "removals": count, "loo_fp_ms": 1e3 * times["loo"],
             "loo_fp_reference_ms": 1e3 * times["loo_reference"],
@@ -393,7 +409,8 @@ def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
             "greedy_fp_reference_s": per_removal * count,
             "greedy_fp_reference_extrapolated": f"from {reference_removals} removals",
             "greedy_speedup": per_removal * count / times["greedy"],
-            "hook_ms": 1e3 * times["hook"]}
+            "hook_ms": 1e3 * times["hook"],
+            "hook_parts_ms": {name: 1e3 * times[name] for name in parts}}
 
 
 def main(argv):
@@ -458,7 +475,8 @@ def main(argv):
               f"ms); greedy {fp['removals']} removals {fp['greedy_fp_s']:.3f} s (reference "
               f"{fp['greedy_fp_reference_s']:.1f} s, {fp['greedy_fp_reference_extrapolated']}); "
               f"dynamics hook {fp['hook_ms']:.1f} ms = {100 * fp['hook_over_epoch']:.2f}% "
-              f"of dense's epoch")
+              f"of dense's epoch (alone, ms: " + ", ".join(
+                  f"{name} {ms:.2f}" for name, ms in fp["hook_parts_ms"].items()) + ")")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,

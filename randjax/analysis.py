@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from randjax import permute, tree
+from randjax import masks, permute, tree
 from randjax.pruning import path_name
 
 __all__ = [
@@ -334,7 +334,18 @@ def weight_profile(w: jax.typing.ArrayLike, points: int = 33) -> jax.Array:
         Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 2, Fig. 1.
     """
     points = tree.check_int(points, "points", minimum=2)
-    return jnp.quantile(jnp.ravel(jnp.asarray(w, jnp.float32)), jnp.linspace(0.0, 1.0, points))
+    x = jnp.ravel(jnp.asarray(w, jnp.float32))
+    if not x.size:
+        raise ValueError("weight_profile needs a non-empty array")
+    # jnp.quantile's linear interpolation between neighbouring order
+    # statistics, from a sort of integer keys: far cheaper on CPU than a
+    # float sort, which dominated the dynamics hook.
+    keys = jnp.sort(masks.order_key(x))
+    position = np.linspace(0.0, 1.0, points) * (x.size - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, x.size - 1)
+    below, above = (masks.from_order_key(keys[i], x.dtype) for i in (low, high))
+    return below + (above - below) * jnp.asarray(position - low, jnp.float32)
 
 
 def distance_from_init(w: jax.typing.ArrayLike, w0: jax.typing.ArrayLike) -> jax.Array:
@@ -387,9 +398,16 @@ def ranking_distance(w_prev: jax.typing.ArrayLike,
         raise ValueError(f"ranking_distance: shapes differ, {w_prev.shape} vs {w_now.shape}")
     if w_now.size == 0:
         raise ValueError(f"ranking_distance needs non-empty arrays, got shape {w_now.shape}")
-    moved = jnp.abs(permute.ranks(permute.columns(w_now), 0)
-                    - permute.ranks(permute.columns(w_prev), 0))
-    moved = moved.astype(jnp.float32)
+    return _rank_moves(_column_ranks(w_prev), _column_ranks(w_now))
+
+
+def _column_ranks(w: jax.Array) -> jax.Array:
+    """Every weight's rank within its column of ``reshape(-1, out)``."""
+    return permute.ranks(permute.columns(w), 0)
+
+
+def _rank_moves(ranks_prev: jax.Array, ranks_now: jax.Array) -> tuple[jax.Array, jax.Array]:
+    moved = jnp.abs(ranks_now - ranks_prev).astype(jnp.float32)
     return moved.mean(), moved.std()
 
 
@@ -444,33 +462,35 @@ def cycles(perm: np.typing.ArrayLike) -> list[tuple[int, ...]]:
 # A recorder for `randjax.fit`
 # --------------------------------------------------------------------------- #
 
-def _layer_measures(w, w0, w_prev, *, axis, spectra, profile_points):
-    ranked = jnp.moveaxis(w, axis, -1)
-    mean, std = ranking_distance(jnp.moveaxis(w_prev, axis, -1), ranked)
+def _layer_measures(w, w0, ranks_prev, *, axis, spectra, profile_points):
+    """One layer's measures, and its ranks for the next epoch's ranking distance."""
+    ranks_now = _column_ranks(jnp.moveaxis(w, axis, -1))
     out = {"frame_potential": frame_potential(w, axis=axis),
            "norm": jnp.linalg.norm(w.ravel()),
            "distance_from_init": distance_from_init(w, w0),
-           "ranking_distance": jnp.stack([mean, std]),
+           "ranking_distance": jnp.stack(_rank_moves(ranks_prev, ranks_now)),
            "profile": weight_profile(w, profile_points)}
     if spectra:
         out["spectrum"] = spectrum(w, axis=axis)
-    return out
+    return out, ranks_now
 
 
 def dynamics_hook(reparam, initial_params: Any, *, filter: tree.Filter = tree.is_kernel,
-                  axis: int = -1, spectra: bool = False, profile_points: int = 33
-                  ) -> Callable[[int, Any], dict]:
+                  axis: int = -1, spectra: bool = False, profile_points: int = 33,
+                  every: int = 1) -> Callable[[int, Any], dict]:
     """An ``epoch_hook`` for `randjax.fit` that records how each layer trains.
 
-    After every epoch the effective weights ``reparam.apply(trainable,
-    frozen, train=False)`` of every selected leaf are measured in one jitted
-    program, and only the measurements reach the host (no whole matrices):
+    After every ``every``-th epoch the effective weights
+    ``reparam.apply(trainable, frozen, train=False)`` of every selected leaf
+    are measured in one jitted program, and only the measurements reach the
+    host (no whole matrices):
 
     * ``frame_potential`` (`frame_potential`), ``norm`` (Frobenius);
     * ``distance_from_init`` (`distance_from_init` from ``initial_params``);
     * ``ranking_distance``: ``[mean, std]`` of how far weights moved in rank
-      within their units since the previous epoch (`ranking_distance`; the
-      first epoch compares with ``initial_params``);
+      within their units since the epoch ``ranking_since``
+      (`ranking_distance`): the hook's previous measurement, or 0, i.e.
+      ``initial_params``, for its first (also the first after a resume);
     * ``profile``: the sorted weight profile (`weight_profile`);
     * ``spectrum`` (with ``spectra=True``): the eigenvalues of ``W W^T``
       (`spectrum`), ``min(N, D)`` numbers per layer.
@@ -487,6 +507,10 @@ def dynamics_hook(reparam, initial_params: Any, *, filter: tree.Filter = tree.is
         axis: the units' axis of every kernel.
         spectra: also record each layer's spectrum.
         profile_points: points of each weight profile.
+        every: measure after the epochs that are multiples of ``every`` only
+            (the others return no record), where the measures would cost a
+            large share of a fast epoch (``python -m experiments.benchmark
+            --analysis`` times them against one).
 
     Returns:
         ``hook(epoch, state) -> {"dynamics": ...}``.
@@ -510,6 +534,7 @@ def dynamics_hook(reparam, initial_params: Any, *, filter: tree.Filter = tree.is
     filter = tree.check_filter(filter)
     spectra = tree.check_bool(spectra, "spectra")
     profile_points = tree.check_int(profile_points, "profile_points", minimum=2)
+    every = tree.check_int(every, "every", minimum=1)
 
     def selected(params):
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -520,22 +545,32 @@ def dynamics_hook(reparam, initial_params: Any, *, filter: tree.Filter = tree.is
         raise ValueError("dynamics_hook: the filter selects no leaf of initial_params")
 
     @jax.jit
-    def measure(trainable, frozen, previous):
+    def measure(trainable, frozen, previous_ranks):
         now = selected(reparam.apply(trainable, frozen, key=None, train=False))
         if now.keys() != initial.keys():
             raise ValueError(f"dynamics_hook: the run's leaves {sorted(now)} are not "
                              f"initial_params' {sorted(initial)}")
-        out = {k: _layer_measures(now[k], initial[k], previous[k], axis=axis,
-                                  spectra=spectra, profile_points=profile_points)
-               for k in now}
-        return out, {k: jnp.copy(v) for k, v in now.items()}  # copies: fit donates
+        both = {k: _layer_measures(now[k], initial[k], previous_ranks[k], axis=axis,
+                                   spectra=spectra, profile_points=profile_points)
+                for k in now}
+        return {k: m for k, (m, _) in both.items()}, {k: r for k, (_, r) in both.items()}
 
-    previous = dict(initial)
+    # The previous epoch is kept as its ranks (fresh arrays, so fit's donation
+    # of the state cannot touch them), not as weights to rank again.
+    previous_ranks = jax.jit(lambda ws: {k: _column_ranks(jnp.moveaxis(w, axis, -1))
+                                         for k, w in ws.items()})(initial)
+
+    since = 0
 
     def hook(epoch: int, state) -> dict:
-        nonlocal previous
-        del epoch
-        out, previous = measure(state.trainable, state.frozen, previous)
-        return {"dynamics": jax.tree.map(lambda a: np.asarray(a).tolist(), jax.device_get(out))}
+        nonlocal previous_ranks, since
+        if epoch % every:
+            return {}
+        out, previous_ranks = measure(state.trainable, state.frozen, previous_ranks)
+        out = jax.tree.map(lambda a: np.asarray(a).tolist(), jax.device_get(out))
+        for layer in out.values():
+            layer["ranking_since"] = since
+        since = epoch
+        return {"dynamics": out}
 
     return hook

@@ -32,8 +32,8 @@ from jax import lax
 
 from randjax import tree
 
-__all__ = ["ROUNDINGS", "bernoulli_mask", "keep_largest", "kth_largest", "order_key",
-           "threshold_mask", "topk_mask"]
+__all__ = ["ROUNDINGS", "bernoulli_mask", "from_order_key", "keep_largest", "kth_largest",
+           "order_key", "threshold_mask", "topk_mask"]
 
 # Selection strategy (see `_select`): on CPU, radix select with 16-bit
 # scatter-add histograms (2 passes for float32, 1 for bfloat16) is the
@@ -113,8 +113,28 @@ def order_key(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.isnan(x), _max_key(udtype), keys)
 
 
-def _from_key(key: jax.Array, dtype) -> jax.Array:
-    """Inverts `order_key` for one key (zero and NaN keys excluded)."""
+def from_order_key(key: jax.Array, dtype) -> jax.Array:
+    """The values of ``dtype`` whose `order_key` is ``key``: its inverse.
+
+    Sorting keys is much faster than sorting floats on CPU (one integer
+    comparison), so a sorted float array is ``from_order_key(jnp.sort(
+    order_key(x)), x.dtype)``. Where `order_key` merges values, the inverse
+    picks one: the key of zero gives +0.0 and the NaN key a NaN.
+
+    Args:
+        key: keys made by `order_key` from an array of ``dtype``.
+        dtype: the original real floating or integer dtype.
+
+    Returns:
+        An array of ``dtype`` and ``key``'s shape.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from randjax.masks import from_order_key, order_key
+        >>> x = jnp.array([2.0, -1.5, -0.0, jnp.inf])
+        >>> from_order_key(jnp.sort(order_key(x)), x.dtype).tolist()
+        [-1.5, 0.0, 2.0, inf]
+    """
     if jnp.issubdtype(dtype, jnp.unsignedinteger):
         return key
     sign = _sign_bit(key.dtype)
@@ -313,7 +333,7 @@ def _kth_largest(x, k, method):
     keys = order_key(x).ravel()
     key, rank = _select(keys, k, keys.dtype.itemsize * 8, method)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        return _from_key(key, x.dtype)
+        return from_order_key(key, x.dtype)
     sign = _sign_bit(keys.dtype)
     tied = (key == sign) | (key == _max_key(keys.dtype))
 
@@ -321,7 +341,7 @@ def _kth_largest(x, k, method):
         index = _nth_tie_index(keys == key, rank, True, method)
         return x.ravel()[index]
 
-    return lax.cond(tied, pick_tie, lambda: _from_key(key, x.dtype))
+    return lax.cond(tied, pick_tie, lambda: from_order_key(key, x.dtype))
 
 
 def _kept_count(n: int, density: float, rounding: str) -> int:

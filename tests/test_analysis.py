@@ -1,5 +1,6 @@
 """Analysis: frame potential, subspaces, spectra, clustering, dynamics, ranking distance, cycles."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +136,24 @@ def test_weight_profile_and_distance():
     w = jnp.arange(10.0).reshape(5, 2)
     np.testing.assert_allclose(analysis.weight_profile(w, 3), [0.0, 4.5, 9.0])
     assert float(analysis.distance_from_init(w, w + 1)) == pytest.approx(np.sqrt(10))
+    with pytest.raises(ValueError, match="non-empty"):
+        analysis.weight_profile(jnp.ones((0, 3)))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("points", [2, 7, 33])
+def test_weight_profile_is_jnp_quantile(points, jit):
+    # Ties, both zeros and negatives, as a trained or pruned layer has them.
+    rng = np.random.default_rng(points)
+    w = rng.normal(size=(97, 13)).astype(np.float32)
+    w[rng.random(w.shape) < 0.2] = 0.0
+    w[:5] = -0.0
+    w[5:9] = w[9:13]
+    profile = (jax.jit(analysis.weight_profile, static_argnums=1) if jit
+               else analysis.weight_profile)(w, points)
+    expected = jnp.quantile(jnp.asarray(w).ravel(), jnp.linspace(0.0, 1.0, points))
+    chex.assert_shape(profile, (points,))
+    np.testing.assert_allclose(profile, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_dynamics_hook_records_every_kernel_inside_fit():
@@ -143,8 +162,9 @@ def test_dynamics_hook_records_every_kernel_inside_fit():
     initial = model.init(randjax.train.model_key(0),
                          jnp.zeros((1, *dataset.input_shape)))["params"]
     hook = analysis.dynamics_hook(randjax.dense(), initial, spectra=True, profile_points=5)
-    result = randjax.fit(model, dataset, optax.sgd(0.05), epochs=2,
-                         batch_size=128, epoch_hook=hook, progress=False)
+    steps = randjax.train.epoch_steps(len(dataset.train.y), 128)
+    result = randjax.fit(model, dataset, optax.sgd(0.05), epochs=2, batch_size=128,
+                         epoch_hook=hook, snapshot_steps=(steps,), progress=False)
     first, last = (r["dynamics"] for r in result.history)
     assert set(last) == {"Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"}
     final = result.state.trainable["Dense_0"]["kernel"]
@@ -155,6 +175,32 @@ def test_dynamics_hook_records_every_kernel_inside_fit():
         float(analysis.distance_from_init(final, initial["Dense_0"]["kernel"])), rel=1e-5)
     assert layer["distance_from_init"] > first["Dense_0/kernel"]["distance_from_init"] > 0
     assert len(layer["spectrum"]) == 64 and len(layer["profile"]) == 5  # 8x8 digits: 64 inputs
-    assert layer["ranking_distance"][0] > 0
+    # Epoch 2 against epoch 1: the ranks kept from the previous call.
+    after_one = result.snapshots[steps]
+    mean, std = ranking_distance(after_one.trainable["Dense_0"]["kernel"], final)
+    np.testing.assert_allclose(layer["ranking_distance"], [mean, std], rtol=1e-5)
+    mean, std = ranking_distance(initial["Dense_0"]["kernel"],
+                                 after_one.trainable["Dense_0"]["kernel"])
+    np.testing.assert_allclose(first["Dense_0/kernel"]["ranking_distance"], [mean, std],
+                               rtol=1e-5)
+    assert mean > 0
+    assert (first["Dense_0/kernel"]["ranking_since"], layer["ranking_since"]) == (0, 1)
     with pytest.raises(ValueError, match="selects no leaf"):
         analysis.dynamics_hook(randjax.dense(), {"b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="every"):
+        analysis.dynamics_hook(randjax.dense(), initial, every=0)
+
+
+def test_dynamics_hook_every_other_epoch_ranks_since_its_last_record():
+    params = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3)}}
+    rp = randjax.dense()
+    hook = analysis.dynamics_hook(rp, params, every=2)
+    state = lambda w: randjax.train.TrainState(0, {"Dense_0": {"kernel": w}}, {}, {}, None)
+    reversed_rows = params["Dense_0"]["kernel"][::-1]
+    assert hook(1, state(reversed_rows)) == {}
+    second = hook(2, state(reversed_rows))["dynamics"]["Dense_0/kernel"]
+    mean, std = ranking_distance(params["Dense_0"]["kernel"], reversed_rows)
+    assert second["ranking_since"] == 0 and second["ranking_distance"] == [mean, std]
+    assert hook(3, state(params["Dense_0"]["kernel"])) == {}
+    fourth = hook(4, state(reversed_rows))["dynamics"]["Dense_0/kernel"]
+    assert fourth["ranking_since"] == 2 and fourth["ranking_distance"] == [0.0, 0.0]

@@ -17,7 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from randjax.masks import bernoulli_mask, kth_largest, threshold_mask, topk_mask
+from randjax.masks import (
+    bernoulli_mask,
+    from_order_key,
+    kth_largest,
+    order_key,
+    threshold_mask,
+    topk_mask,
+)
 
 SPECIALS = np.array(
     [0.0, -0.0, 1.0, -1.0, 2.5, -2.5, np.inf, -np.inf, 1e-45, -1e-45,
@@ -144,6 +151,29 @@ def test_kth_largest_integers(dtype):
         assert out.dtype == dtype and out == np.sort(x)[-k]
     # Keys narrower than a radix digit (int8) are widened internally.
     assert kth_largest(jnp.asarray(x), 4, method="radix") == np.sort(x)[-4]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16, np.int32, np.int8, np.uint8])
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_from_order_key_inverts_and_sorted_keys_sort(dtype, use_jit):
+    rng = np.random.default_rng(3)
+    if jnp.issubdtype(dtype, jnp.floating):
+        x = np.concatenate([SPECIALS[SPECIALS != 0], rng.normal(size=40)]).astype(dtype)
+        x = np.concatenate([x, np.array([0.0, -0.0], dtype)])
+    else:
+        info = np.iinfo(dtype)
+        x = np.concatenate([[info.min, info.max, 0], rng.integers(info.min, info.max, 40)])
+    x = jnp.asarray(x.astype(dtype))
+    invert = jax.jit(from_order_key, static_argnums=1) if use_jit else from_order_key
+    back = invert(order_key(x), x.dtype)
+    assert back.dtype == x.dtype
+    # Every value equal to zero (both zeros; subnormals where flushed) comes back +0.0.
+    x = jnp.where(x == 0, jnp.zeros_like(x), x)
+    np.testing.assert_array_equal(_bits(back), _bits(x))
+    np.testing.assert_array_equal(_bits(invert(jnp.sort(order_key(x)), x.dtype)),
+                                  _bits(jnp.sort(x)))
+    if jnp.issubdtype(dtype, jnp.floating):
+        assert jnp.isnan(invert(order_key(jnp.array([jnp.nan], x.dtype)), x.dtype)).all()
 
 
 def test_kth_largest_float64_and_int64_with_x64():

@@ -12,6 +12,10 @@ TINY = {"quickstart.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS 
         "laperm.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
                         'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nSYNC_PERIOD = 10\n'
                         'REPO_URL = ""\n',
+        "analysis.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nLAYER = "Dense_0"\n'
+                          'EPOCHS = 3\nBATCH_SIZE = 64\nLEARNING_RATE = 0.05\n'
+                          'PRUNE_FRACTION = 0.5\nRANDOM_ROUNDS = 2\nKS = (1, 5)\n'
+                          'REPO_URL = ""\n',
         "pruning.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 2\n'
                          'ROUNDS = 2\nKEEP = 0.5\nBATCH_SIZE = 64\nLEARNING_RATE = 0.1\n'
                          'REPO_URL = ""\n'}
