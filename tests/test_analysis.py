@@ -191,6 +191,21 @@ def test_dynamics_hook_records_every_kernel_inside_fit():
         analysis.dynamics_hook(randjax.dense(), initial, every=0)
 
 
+def test_dynamics_hook_axis_0_measures_transposed_kernels_alike():
+    rng = np.random.default_rng(5)
+    w0, w1 = (jnp.asarray(rng.normal(size=(7, 4)), jnp.float32) for _ in range(2))
+    state = lambda w: randjax.train.TrainState(0, {"Dense_0": {"kernel": w}}, {}, {}, None)
+    flax_hook = analysis.dynamics_hook(randjax.dense(), {"Dense_0": {"kernel": w0}},
+                                       spectra=True)
+    torch_hook = analysis.dynamics_hook(randjax.dense(), {"Dense_0": {"kernel": w0.T}},
+                                        spectra=True, axis=0)
+    flax = flax_hook(1, state(w1))["dynamics"]["Dense_0/kernel"]
+    torch = torch_hook(1, state(w1.T))["dynamics"]["Dense_0/kernel"]
+    assert flax.keys() == torch.keys()
+    for key in flax:
+        np.testing.assert_allclose(torch[key], flax[key], rtol=1e-5, err_msg=key)
+
+
 def test_dynamics_hook_every_other_epoch_ranks_since_its_last_record():
     params = {"Dense_0": {"kernel": jnp.arange(12.0).reshape(4, 3)}}
     rp = randjax.dense()

@@ -64,6 +64,18 @@ def test_magnitude_and_random_orders():
     assert structured.removal_orders(conv, "random", 3, rounds=2).shape == (2, 3)
 
 
+def test_orders_of_a_pytorch_layout_kernel_with_axis_0():
+    # Equinox / PyTorch conv filters (out, in, h, w): the same units, other flattening.
+    flax_kernel = np.random.default_rng(4).normal(size=(3, 3, 5, 12)).astype(np.float32)
+    torch_kernel = np.transpose(flax_kernel, (3, 2, 0, 1))
+    order, potentials = structured.fp_order(flax_kernel, 9)
+    torch_order, torch_potentials = structured.fp_order(torch_kernel, 9, axis=0)
+    np.testing.assert_array_equal(order, torch_order)
+    np.testing.assert_allclose(potentials, torch_potentials, rtol=1e-5)
+    np.testing.assert_array_equal(structured.magnitude_order(flax_kernel),
+                                  structured.magnitude_order(torch_kernel, axis=0))
+
+
 def test_bad_input_is_refused():
     w = jnp.ones((4, 3))
     with pytest.raises(ValueError, match="more than the layer's 3 units"):
