@@ -26,7 +26,7 @@ ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
 printed as a table and as JSON (also written to ``--json`` if given).
 
 Every ``--methods`` name is a registered method (`experiments.registry`),
-built from its reference config with ``--density`` (edge-popup), ``--k``
+built from its reference config with ``--density`` (edge-popup, TOM), ``--k``
 (Slot Machines, greedy) and ``--laperm_sync_period`` /
 ``--laperm_include_1d`` (LaPerm), around the shared ``--optimizer``.
 ``masked`` trains under a random mask at ``--density`` (`randjax.masked`);
@@ -97,7 +97,7 @@ _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
                              "(dense is always included): names of experiments.registry "
                              "(dense, edge_popup, supermask, slot_machine, laperm, ...).")
-_DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup and masked.")
+_DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup, masked and tom.")
 _K = flags.DEFINE_integer("k", 8, "Options per connection for slot_machine (greedy, "
                           "official init).")
 _LAPERM_SYNC_PERIOD = flags.DEFINE_integer(
@@ -172,6 +172,7 @@ def build(name: str, tx: optax.GradientTransformation) -> registry.Method:
     """The registered method ``name`` around ``tx``, with this run's method flags."""
     options = {"edge_popup": dict(density=_DENSITY.value),
                "masked": dict(density=_DENSITY.value),
+               "tom": dict(density=_DENSITY.value),
                "slot_machine": dict(k=_K.value, selection="greedy", slot_init="official"),
                "laperm": dict(sync_period=_LAPERM_SYNC_PERIOD.value,
                               laperm_include_1d=_LAPERM_INCLUDE_1D.value)}

@@ -22,8 +22,11 @@ parameters), ``test_accuracy`` (last epoch), ``best_val_accuracy`` and
 ``steps`` (trained in the round), ``start_step``, ``seconds`` (the round's
 wall time in the session that finished it) and its parts
 (``train_seconds``, ``compile_seconds``, ``checkpoint_seconds``,
-``bookkeeping_seconds``: scores, masks and rewinding), ``params_sha256``;
-and ``summary.json`` (the final
+``bookkeeping_seconds``: scores, masks and rewinding), ``params_sha256``,
+and with ``criterion="tom"`` the mask training's ``mask_steps``,
+``mask_seconds`` (part of the bookkeeping), ``mask_test_accuracy`` (the
+frozen weights under the final masks) and ``mask_expected_density``
+(its run is in ``tom_masks/``); and ``summary.json`` (the final
 ``params_sha256``, the export's size), ``network.npz`` (the pruned network,
 `randjax.export`) and ``accuracy_vs_density.png``. Running the same command
 again resumes at the round and epoch where a killed run stopped, and ends
@@ -53,7 +56,9 @@ from ml_collections import config_flags
 import randjax
 from experiments import train as train_lib
 from experiments.configs import gimp
+from experiments.configs import tom as tom_config
 from randjax import pruning, tree
+from randjax.methods import tom
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,6 +93,14 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
     tree.check_choice(config.pruning, gimp.PRUNINGS, "pruning")
     variant = tree.check_choice(config.variant, gimp.VARIANTS, "variant")
     tree.check_choice(config.criterion, gimp.CRITERIA, "criterion")
+    if config.criterion == "tom":
+        if config.pruning != "oneshot":
+            raise ValueError("criterion='tom' learns the masks of one pruning: use "
+                             f"pruning='oneshot', not {config.pruning!r}")
+        tree.check_int(config.tom.epochs, "tom.epochs", minimum=1)
+    elif config.tom.to_dict() != gimp.get_config().tom.to_dict():
+        raise ValueError("the tom settings are read by criterion='tom' only, not by "
+                         f"criterion={config.criterion!r}")
     tree.check_choice(config.scope, pruning.SCOPES, "scope")
     tree.check_choice(config.count, pruning.COUNTS, "count")
     tree.check_choice(config.schedule_rewind, gimp.SCHEDULE_REWINDS, "schedule_rewind")
@@ -168,6 +181,7 @@ class Pruner:
         self.plan = make_plan(config)
         self.workdir = pathlib.Path(workdir)
         self.progress = progress
+        self.mask_record = {}  # criterion="tom": the mask training, in the next round's record
         self.dataset = train_lib.load_dataset(config)
         self.model = train_lib.make_model(config, self.dataset.num_classes)
         self.steps_per_epoch = train_lib.epoch_length(config, len(self.dataset.train.y))
@@ -207,6 +221,9 @@ class Pruner:
     def _round_schedule(self, r: int):
         """``(schedule, start_step, epochs)`` of round ``r``."""
         plan, epochs = self.plan, self.config.epochs if r == 0 else self.plan.retrain_epochs
+        if r == 0 and self.config.criterion == "tom":
+            # TOM's short dense run is the start of the whole schedule.
+            return self._schedule(plan.retrain_epochs), 0, epochs
         if r == 0:
             return self._schedule(epochs), 0, epochs
         if plan.variant == "ft":
@@ -296,14 +313,49 @@ class Pruner:
         size = lambda t: sum(int(np.size(x)) for x in jax.tree.leaves(t))
         return size(kernels) - size(targets)
 
+    def tom_masks(self, r: int, variables):
+        """TOM's masks for round ``r + 1``: logits trained over round ``r``'s weights.
+
+        A `randjax.fit` of ``tom.epochs`` in ``tom_masks/`` (resumed if it is
+        there) under `randjax.methods.tom` with the config's batch size and
+        seed; the masks keep the top ``target_density`` of the logits.
+        """
+        begin, config = time.perf_counter(), self.config
+        names = {pruning.path_name(p) for p, leaf in jax.tree_util.tree_flatten_with_path(
+            pruning.select(variables["params"], exclude=tuple(config.exclude)))[0]}
+        frozen = None
+        if config.tom.divide_by_weight:
+            frozen = jax.tree_util.tree_map_with_path(
+                lambda p, w: w if pruning.path_name(p) in names else None,
+                variables["params"])
+        reparam, tx = tom_config.mask_training(
+            config.tom, self.plan.target, weights=frozen,
+            filter=lambda path, leaf: pruning.path_name(path) in names)
+        result = randjax.fit(
+            self.model, self.dataset, tx, reparam=reparam, epochs=config.tom.epochs,
+            batch_size=config.batch_size, seed=config.seed, workdir=self.workdir / "tom_masks",
+            checkpoint_every=config.checkpoint_every,
+            augmentation=randjax.train.Augmentation(config.crop_padding, config.flip),
+            drop_remainder=config.drop_remainder, eval_batch_size=config.eval_batch_size,
+            progress=self.progress, config={**config.to_dict(), "tom_masks_after_round": r},
+            variables=variables)
+        self.mask_record = {"mask_steps": result.summary["steps"],
+                            "mask_seconds": time.perf_counter() - begin,
+                            "mask_test_accuracy": result.summary["test_accuracy"],
+                            "mask_expected_density": float(
+                                tom.expected_density(result.state.trainable))}
+        return tom.final_masks(result.state.trainable, self.plan.target, scope=config.tom.scope)
+
     def next_masks(self, r: int, variables, masks):
         """The masks of round ``r + 1``, from round ``r``'s final ``variables``.
 
         ``masks`` are round ``r``'s (None: dense). Iterative pruning removes
         ``1 - density_multiplier`` of the remaining weights, one-shot and
         at-init pruning all but ``target_density``, by the config's
-        criterion, scope and count.
+        criterion, scope and count (``criterion="tom"``: `tom_masks`).
         """
+        if self.config.criterion == "tom":
+            return self.tom_masks(r, variables)
         targets, scores = self._scores(r, variables)
         kept = pruning.ones(targets) if masks is None else masks
         fraction = (1 - self.plan.multiplier if self.plan.pruning == "iterative"
@@ -354,6 +406,7 @@ class Pruner:
             "checkpoint_seconds": summary["checkpoint_seconds"],
             "bookkeeping_seconds": bookkeeping,
             "params_sha256": summary["params_sha256"],
+            **(self.mask_record if r > 0 else {}),
         }
 
     def run(self) -> dict:

@@ -29,6 +29,7 @@ from randjax.methods.lookahead import lookahead, lookahead_reparam
 from randjax.methods.masked import masked
 from randjax.methods.slot_machine import slot_machine, slot_select
 from randjax.methods.supermask import supermask
+from randjax.methods.tom import tom, tom_gradients
 from randjax.reparam import Reparam, apply_updates, dense, dense_from
 from randjax.train import fit
 from randjax.tree import is_kernel
@@ -40,5 +41,5 @@ __all__ = [
     "dense", "dense_from", "edge_popup", "export", "fit", "init", "is_kernel",
     "kth_largest", "laperm", "lookahead", "lookahead_reparam", "masked", "masks", "methods",
     "models", "permute", "pruning", "slot_machine", "slot_select", "supermask", "threshold_mask",
-    "topk_mask", "train", "tree",
+    "tom", "tom_gradients", "topk_mask", "train", "tree",
 ]

@@ -32,8 +32,8 @@ from jax import lax
 
 from randjax import tree
 
-__all__ = ["ROUNDINGS", "bernoulli_mask", "from_order_key", "keep_largest", "kth_largest",
-           "order_key", "threshold_mask", "topk_mask"]
+__all__ = ["GRADIENTS", "ROUNDINGS", "bernoulli_mask", "from_order_key", "keep_largest",
+           "kth_largest", "order_key", "threshold_mask", "topk_mask"]
 
 # Selection strategy (see `_select`): on CPU, radix select with 16-bit
 # scatter-add histograms (2 passes for float32, 1 for bfloat16) is the
@@ -529,26 +529,55 @@ def _through_sigmoid_bwd(logits, g):
 _through_sigmoid.defvjp(_through_sigmoid_fwd, _through_sigmoid_bwd)
 
 
-def bernoulli_mask(key: jax.Array, logits: jax.Array) -> jax.Array:
+@jax.custom_vjp
+def _straight_through(logits, hard):
+    """Returns ``hard``; the VJP goes to ``logits`` unchanged."""
+    del logits
+    return hard
+
+
+def _straight_through_fwd(logits, hard):
+    return hard, None
+
+
+def _straight_through_bwd(residual, g):
+    del residual
+    return g, jnp.zeros_like(g)
+
+
+_straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
+#: The backward passes of `bernoulli_mask` (its ``gradient`` argument).
+GRADIENTS = ("sigmoid", "identity")
+
+
+def bernoulli_mask(key: jax.Array, logits: jax.Array, *,
+                   gradient: str = "sigmoid") -> jax.Array:
     """Zhou's supermask: a Bernoulli(sigmoid(logits)) sample, straight-through.
 
     The forward value is an exact 0/1 sample, the same as
     ``jax.random.bernoulli(key, jax.nn.sigmoid(logits))`` with the sigmoid
     taken in (at least) float32, so bfloat16 logits do not coarsen the
-    probabilities. The backward pass is straight-through the sigmoid:
-    ``d/dlogits = upstream * sigmoid(logits) * (1 - sigmoid(logits))``
-    (computed as ``sigmoid(z) * sigmoid(-z)`` in at least float32, which
-    stays accurate for large ``|z|``).
+    probabilities. The backward pass is straight-through:
+
+    * ``gradient="sigmoid"`` (Zhou et al.'s supermask): through the sigmoid,
+      ``d/dlogits = upstream * sigmoid(logits) * (1 - sigmoid(logits))``
+      (computed as ``sigmoid(z) * sigmoid(-z)`` in at least float32, which
+      stays accurate for large ``|z|``);
+    * ``gradient="identity"`` (Mikler's Training Optimal Masks): the
+      gradient with respect to the sampled mask is the logits' gradient,
+      ``d/dlogits = upstream``.
 
     Args:
         key: a `jax.random` key; a fixed key gives a fixed sample.
         logits: floating array of any shape, the mask logits.
+        gradient: ``"sigmoid"`` or ``"identity"``, the backward pass.
 
     Returns:
         A 0/1 array with the shape and dtype of ``logits``.
 
     Raises:
-        ValueError: ``logits`` is not floating.
+        ValueError: ``logits`` is not floating; an unknown ``gradient``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -559,14 +588,17 @@ def bernoulli_mask(key: jax.Array, logits: jax.Array) -> jax.Array:
 
     References:
         Zhou et al., "Deconstructing Lottery Tickets: Zeros, Signs, and the
-        Supermask", NeurIPS 2019.
+        Supermask", NeurIPS 2019; Mikler, "On Pruning Methods for Neural
+        Networks", 2021, Sec. 3.3.1.
     """
     logits = jnp.asarray(logits)
     _check_float(logits, "logits")
+    tree.check_choice(gradient, GRADIENTS, "gradient")
     wide = jnp.promote_types(logits.dtype, jnp.float32)
     probs = jax.nn.sigmoid(lax.stop_gradient(logits).astype(wide))
     hard = jax.random.bernoulli(key, probs).astype(logits.dtype)
-    return _through_sigmoid(logits, hard)
+    through = _through_sigmoid if gradient == "sigmoid" else _straight_through
+    return through(logits, hard)
 
 
 def threshold_mask(logits: jax.Array) -> jax.Array:

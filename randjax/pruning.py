@@ -40,6 +40,7 @@ References:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -53,14 +54,16 @@ from randjax import tree
 
 PyTree = Any
 
-__all__ = ["COUNTS", "SCOPES", "Density", "apply_masks", "check_masks", "magnitude",
-           "masks_at_density", "ones", "path_name", "prune_remaining", "random", "report",
-           "select", "snip"]
+__all__ = ["COUNTS", "MODIFICATIONS", "SCOPES", "Density", "apply_masks", "check_masks",
+           "magnitude", "masks_at_density", "modify_masks", "ones", "path_name",
+           "prune_remaining", "random", "report", "select", "snip"]
 
 #: Where one threshold applies: over every target, or within each leaf.
 SCOPES = ("global", "layer")
 #: The kept-count rules of `prune_remaining` (see the module docstring).
 COUNTS = ("exact", "mikler", "open_lth")
+#: The sparse-mask modifications of `modify_masks`.
+MODIFICATIONS = ("shuffle_weights", "reinit", "shuffle_layer", "shuffle_masks_reinit")
 
 
 def path_name(path) -> str:
@@ -363,3 +366,119 @@ def report(masks: PyTree, params: PyTree | None = None) -> Density:
         total = sum(int(np.size(p)) for p in jax.tree.leaves(params))
         density_all = (kept + total - prunable) / total
     return Density(layers, kept, prunable, kept / prunable, density_all)
+
+
+# ---------------------------------------------------------------------------
+# Sparse-mask modifications.
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _modify_leaf(how: str, key, w, m, fresh):
+    """One leaf of `modify_masks`: ``(weights, mask)``, pruned weights zeroed."""
+    flat_w, flat_m = w.ravel(), m.ravel()
+    if how == "shuffle_weights":
+        # The survivors' indices first, in a uniformly random order and in
+        # index order: the scatter gives the surviving positions the
+        # survivors' values, permuted (what lands on pruned ones is zeroed).
+        alive_first = lambda order, alive: order[jnp.argsort(jnp.where(alive, jnp.arange(
+            order.size), order.size), stable=True)]
+        perm = jax.random.permutation(key, flat_w.size)
+        shuffled = alive_first(perm, flat_m[perm])
+        in_order = alive_first(jnp.arange(flat_w.size), flat_m)
+        flat_w = flat_w.at[in_order].set(flat_w[shuffled])
+    elif how == "shuffle_layer":
+        perm = jax.random.permutation(key, flat_w.size)
+        flat_w, flat_m = flat_w[perm], flat_m[perm]
+    elif how == "shuffle_masks_reinit":
+        flat_w, flat_m = fresh.ravel(), flat_m[jax.random.permutation(key, flat_m.size)]
+    else:  # reinit
+        flat_w = fresh.ravel()
+    return (jnp.where(flat_m, flat_w, jnp.zeros((), flat_w.dtype)).reshape(w.shape),
+            flat_m.reshape(m.shape))
+
+
+def modify_masks(key: jax.Array, params: PyTree, masks: PyTree, how: str,
+                 init_params: PyTree | None = None) -> tuple[PyTree, PyTree]:
+    """A pruned network changed so that only its per-layer densities surely survive.
+
+    Mikler's sparse-mask modifications (Sec. 3.3.2, Table 3.1) ask what a
+    pruned network's accuracy owes to its surviving values, their places
+    and its mask: each is applied per masked leaf, so every layer keeps its
+    number of surviving weights, and the result is retrained.
+
+    * ``"shuffle_weights"``: the surviving values are permuted among the
+      surviving positions (the mask stays);
+    * ``"reinit"``: every parameter is taken from ``init_params`` (a fresh
+      initialisation, biases and BatchNorm included), under the same masks;
+    * ``"shuffle_layer"``: one permutation of each layer moves masks and
+      values together (the surviving values move with their mask bits);
+    * ``"shuffle_masks_reinit"``: each layer's mask is permuted and every
+      parameter comes from ``init_params``.
+
+    Leaves without a mask (biases, BatchNorm) are kept, or taken from
+    ``init_params`` by the two re-initialising modifications. Pruned weights
+    are exact zeros in the result. Leaf ``i`` (in flattening order) draws its
+    permutation from ``fold_in(key, i)``; each leaf's change is one jitted
+    program.
+
+    Args:
+        key: a `jax.random` key.
+        params: the pruned network's parameters.
+        masks: its masks (booleans at the pruned leaves, ``None`` elsewhere).
+        how: one of `MODIFICATIONS`.
+        init_params: freshly initialised parameters of the same structure,
+            for ``"reinit"`` and ``"shuffle_masks_reinit"`` only.
+
+    Returns:
+        ``(params, masks)``: train them with ``randjax.masked(masks)``.
+
+    Raises:
+        ValueError: an unknown ``how``; masks that do not match ``params``;
+            ``init_params`` missing for a re-initialising modification,
+            given to a shuffling one, or of another structure or shapes.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from randjax import pruning
+        >>> params = {"w": jnp.array([1.0, 2.0, 3.0, 4.0]), "b": jnp.ones(1)}
+        >>> masks = {"w": jnp.array([True, False, True, True]), "b": None}
+        >>> new, same = pruning.modify_masks(jax.random.key(0), params, masks,
+        ...                                  "shuffle_weights")
+        >>> sorted(new["w"][same["w"]].tolist()), same["w"].tolist()
+        ([1.0, 3.0, 4.0], [True, False, True, True])
+
+    References:
+        Mikler, "On Pruning Methods for Neural Networks", 2021, Sec. 3.3.2
+        (``modules/pruning/pruning_utils.py``: ``shuffle_weights``,
+        ``shuffle_layers``, ``shuffle_masks``).
+    """
+    tree.check_choice(how, MODIFICATIONS, "how")
+    check_masks(masks, params)
+    reinit = how in ("reinit", "shuffle_masks_reinit")
+    if reinit and init_params is None:
+        raise ValueError(f"modify_masks: how={how!r} needs init_params (a fresh initialisation)")
+    if not reinit and init_params is not None:
+        raise ValueError(f"modify_masks: how={how!r} keeps the trained values; "
+                         "init_params would be ignored")
+    p_leaves, treedef = jax.tree.flatten(params)
+    m_leaves = jax.tree.leaves(masks, is_leaf=tree.is_none)
+    if reinit:
+        f_leaves, f_def = jax.tree.flatten(init_params)
+        if f_def != treedef or any(np.shape(f) != np.shape(p)
+                                   for f, p in zip(f_leaves, p_leaves)):
+            raise ValueError("modify_masks: init_params must have the parameters' structure "
+                             f"and shapes, got {f_def} for {treedef}")
+    else:
+        f_leaves = p_leaves
+    new_p, new_m, index = [], [], 0
+    for p, m, f in zip(p_leaves, m_leaves, f_leaves):
+        if m is None:
+            new_p.append(jnp.asarray(f))
+            new_m.append(None)
+            continue
+        w, mask = _modify_leaf(how, jax.random.fold_in(key, index), jnp.asarray(p),
+                               jnp.asarray(m, bool), jnp.asarray(f, jnp.asarray(p).dtype))
+        index += 1
+        new_p.append(w)
+        new_m.append(mask)
+    return treedef.unflatten(new_p), treedef.unflatten(new_m)

@@ -98,7 +98,7 @@ def test_infrastructure_imports_no_method(name):
 
 def test_every_method_module_is_named_after_its_method():
     import randjax
-    for name in ("edge_popup", "supermask", "slot_machine", "laperm", "lookahead"):
+    for name in ("edge_popup", "supermask", "slot_machine", "laperm", "lookahead", "tom"):
         assert f"randjax.methods.{name}" in MODULES
         assert getattr(randjax, name).__module__ == f"randjax.methods.{name}"
 

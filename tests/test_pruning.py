@@ -151,3 +151,75 @@ def test_bad_input(call, message):
     scores = pruning.magnitude(pruning.select(params()))
     with pytest.raises(ValueError, match=message):
         call(scores, pruning.ones(scores))
+
+
+# Sparse-mask modifications (Mikler Table 3.1)
+# --------------------------------------------------------------------------- #
+
+def _pruned(seed=0, density=0.3):
+    p = params(seed)
+    masks = pruning.masks_at_density(pruning.magnitude(pruning.select(p)), density)
+    return pruning.apply_masks(p, masks), masks
+
+
+def _layer_counts(masks):
+    return [int(m.sum()) for m in jax.tree.leaves(masks)]
+
+
+@pytest.mark.parametrize("how", pruning.MODIFICATIONS)
+def test_modify_masks_keeps_every_layers_density(how):
+    p, masks = _pruned()
+    fresh = params(7)
+    init = fresh if "reinit" in how else None
+    new_p, new_m = pruning.modify_masks(jax.random.key(1), p, masks, how, init_params=init)
+    pruning.check_masks(new_m, new_p)
+    assert _layer_counts(new_m) == _layer_counts(masks)
+    for name in ("Dense_0", "Dense_1"):
+        w, m, old_w, old_m = (new_p[name]["kernel"], new_m[name]["kernel"],
+                              p[name]["kernel"], masks[name]["kernel"])
+        assert m.dtype == bool and (np.asarray(w)[~np.asarray(m)] == 0).all()
+        survivors, old_survivors = np.sort(np.asarray(w)[m]), np.sort(np.asarray(old_w)[old_m])
+        if how in ("shuffle_weights", "shuffle_layer"):
+            np.testing.assert_array_equal(survivors, old_survivors)  # the same multiset
+            np.testing.assert_array_equal(new_p[name]["bias"], p[name]["bias"])
+        else:  # the fresh initialisation, biases included
+            np.testing.assert_array_equal(np.asarray(w)[m], np.asarray(fresh[name]["kernel"])[m])
+            np.testing.assert_array_equal(new_p[name]["bias"], fresh[name]["bias"])
+        if how in ("shuffle_weights", "reinit"):
+            np.testing.assert_array_equal(m, old_m)
+        else:
+            assert not np.array_equal(m, old_m)
+        if how == "shuffle_weights":
+            assert not np.array_equal(w, old_w)
+        if how == "shuffle_layer":  # values move with their mask bits
+            moved = {float(v) for v in np.asarray(w)[m]}
+            assert moved == {float(v) for v in np.asarray(old_w)[old_m]}
+
+
+def test_modify_masks_is_a_uniform_shuffle_and_reproducible():
+    w = jnp.arange(1.0, 7.0)
+    masks = {"w": jnp.array([True, False, True, True, False, True])}
+    first = [pruning.modify_masks(jax.random.key(s), {"w": w}, masks, "shuffle_weights")[0]["w"]
+             for s in range(400)]
+    again = pruning.modify_masks(jax.random.key(3), {"w": w}, masks, "shuffle_weights")[0]["w"]
+    np.testing.assert_array_equal(first[3], again)
+    # Position 0 gets each of the 4 survivors about a quarter of the time.
+    counts = np.unique(np.asarray([float(f[0]) for f in first]), return_counts=True)
+    assert counts[0].tolist() == [1.0, 3.0, 4.0, 6.0] and counts[1].min() > 60
+
+
+def test_modify_masks_rejects_bad_input():
+    p, masks = _pruned()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="how"):
+        pruning.modify_masks(key, p, masks, "shuffle")
+    with pytest.raises(ValueError, match="needs init_params"):
+        pruning.modify_masks(key, p, masks, "reinit")
+    with pytest.raises(ValueError, match="ignored"):
+        pruning.modify_masks(key, p, masks, "shuffle_layer", init_params=params(1))
+    with pytest.raises(ValueError, match="shape"):
+        pruning.modify_masks(key, p, {**masks, "Dense_0": {"kernel": jnp.ones((3, 3), bool),
+                                                           "bias": None}}, "shuffle_layer")
+    wrong = {**params(1), "Dense_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(10)}}
+    with pytest.raises(ValueError, match="init_params"):
+        pruning.modify_masks(key, p, masks, "reinit", init_params=wrong)

@@ -25,7 +25,13 @@ full ``retrain_epochs`` each round with the whole schedule;
 ``"fast_forward"`` (open_lth, Renda's LRR) starts the schedule and the data
 order at ``rewind_step`` and trains the remaining steps (``swr`` and ``lrr``).
 ``pruning="oneshot"`` prunes once after the dense run to ``target_density``
-and retrains by the variant; ``pruning="at_init"`` prunes the initial
+and retrains by the variant; with ``criterion="tom"`` (Mikler's Training
+Optimal Masks) the masks are learned: ``tom.epochs`` of mask training over
+the dense run's final weights (`randjax.methods.tom`), the top
+``target_density`` of the logits kept. The dense run then trains the first
+``epochs`` of the ``retrain_epochs`` schedule: TOM as the thesis runs it is
+a short dense run (10% of the schedule), the masks, then ``variant="lrr"``
+(retraining from those weights with the whole schedule); ``pruning="at_init"`` prunes the initial
 weights once (``criterion`` ``snip``, ``random`` or ``magnitude``) and trains
 the sparse network (its only round, round 0).
 """
@@ -34,11 +40,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from experiments import registry
-from experiments.configs import dense
+from experiments.configs import dense, tom
 
 VARIANTS = ("ft", "wr", "swr", "lrr", "sgimp")
 PRUNINGS = ("iterative", "oneshot", "at_init")
-CRITERIA = ("magnitude", "snip", "random")
+CRITERIA = ("magnitude", "snip", "random", "tom")
 SCHEDULE_REWINDS = ("restart", "fast_forward")
 REWIND_SOURCES = ("dense", "previous")
 
@@ -60,12 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.rewind_fraction = config_dict.placeholder(float)  # sgimp's X (None: 0.75)
     config.rewind_source = config_dict.placeholder(str)   # swr: "dense" (default), "previous"
     config.schedule_rewind = "restart"  # swr, lrr: or "fast_forward"
-    config.criterion = "magnitude"     # or "snip", "random"
+    config.criterion = "magnitude"     # or "snip", "random", "tom" (oneshot)
     config.scope = "global"            # or "layer"
     config.count = "exact"             # or "mikler", "open_lth" (randjax.pruning)
     config.exclude = ()                # names of kernels never pruned (e.g. "Dense_2")
     config.snip_batches = 1            # batches whose gradients SNIP sums
     config.l2 = 0.0                    # Mikler's l2 * sum(w^2) in the loss (= decay 2 * l2)
+    config.tom = tom.driver_settings()  # criterion="tom": the mask training (configs/tom.py)
     return config
 
 

@@ -12,6 +12,8 @@ and registers its export codec with `randjax.export.register_codec`:
 * `lookahead`: Zhang et al., NeurIPS 2019 (the optimizer LaPerm is compared with);
 * `masked`: training under fixed pruning masks (Frankle & Carbin, ICLR 2019;
   Mikler 2021), with the masks from `randjax.pruning`;
+* `tom`: Training Optimal Masks (Mikler 2021): Bernoulli mask logits over
+  briefly trained weights, the top ``density`` of them kept, then `masked`;
 * `structured`: unit pruning without retraining by magnitude, frame
   potential or at random, and its accuracy curve (Heitmann).
 

@@ -111,6 +111,26 @@ def test_one_shot_and_pruning_at_init(tmp_path):
     assert min(accuracy.values()) > 0.5
 
 
+def test_training_optimal_masks_learns_the_masks_of_one_shot_pruning(tmp_path):
+    config = tiny(pruning="oneshot", variant="lrr", criterion="tom", target_density=0.05,
+                  epochs=1, retrain_epochs=2)
+    config.tom.update(epochs=2, clip=0.01, penalty_scale=1e-3)
+    summary = prune.run(config, tmp_path, progress=False)
+    dense, sparse = rounds(tmp_path)
+    assert sparse["density"] == pytest.approx(0.05, abs=1e-3)
+    steps = dense["steps"]
+    assert sparse["mask_steps"] == 2 * steps and sparse["steps"] == 2 * steps
+    assert 0 < sparse["mask_expected_density"] < 0.99 and sparse["mask_test_accuracy"] > 0.1
+    # The masks' own run resumes from tom_masks/: a rerun changes nothing.
+    assert (tmp_path / "tom_masks" / "summary.json").exists()
+    assert prune.run(config, tmp_path, progress=False)["params_sha256"] == \
+        summary["params_sha256"]
+    kernels = jax.tree.leaves(randjax.pruning.select(
+        randjax.export.load(tmp_path / "network.npz")))
+    kept = sum(int((np.asarray(k) != 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert kept <= 0.05 + 1e-3
+
+
 def test_snip_scores_differ_from_magnitude(tmp_path):
     pruner = prune.Pruner(tiny(criterion="snip"), tmp_path, progress=False)
     variables = pruner.initial_variables()
@@ -137,12 +157,21 @@ def test_snip_scores_differ_from_magnitude(tmp_path):
     (dict(exclude=("Dense_0", "Dense_1", "Dense_2")), "selects no leaf"),
     (dict(exclude=("Conv_0",)), "matches no prunable leaf"),
     (dict(pruning="at_init", variant="lrr"), "takes variant='wr'"),
+    (dict(criterion="tom"), "use pruning='oneshot'"),
+    (dict(pruning="at_init", criterion="tom"), "use pruning='oneshot'"),
 ])
 def test_bad_configs_fail_before_training(tmp_path, overrides, message):
     config = tiny(**overrides)
     with pytest.raises(ValueError, match=message):
         prune.run(config, tmp_path, progress=False)
     assert not (tmp_path / "round_0" / "checkpoints").exists()
+
+
+def test_tom_settings_without_tom_are_refused(tmp_path):
+    config = tiny()
+    config.tom.penalty_scale = 1e-3
+    with pytest.raises(ValueError, match="read by criterion='tom' only"):
+        prune.make_plan(config)
 
 
 def test_unknown_fields_are_refused(tmp_path):
