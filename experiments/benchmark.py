@@ -26,7 +26,8 @@ ratio ``epoch / (steps_per_epoch * step)`` is the loop overhead. Results are
 printed as a table and as JSON (also written to ``--json`` if given).
 
 Every ``--methods`` name is a registered method (`experiments.registry`),
-built from its reference config with ``--density`` (edge-popup, TOM), ``--k``
+built from its reference config with ``--density`` (edge-popup, TOM; and
+``--tom_bits``), ``--k``
 (Slot Machines, greedy) and ``--laperm_sync_period`` /
 ``--laperm_include_1d`` (LaPerm), around the shared ``--optimizer``.
 ``masked`` trains under a random mask at ``--density`` (`randjax.masked`);
@@ -104,6 +105,8 @@ _LAPERM_SYNC_PERIOD = flags.DEFINE_integer(
     "laperm_sync_period", 20, "Sync period k of the laperm method.")
 _LAPERM_INCLUDE_1D = flags.DEFINE_bool(
     "laperm_include_1d", False, "laperm also permutes biases (skip_bias=False).")
+_TOM_BITS = flags.DEFINE_enum("tom_bits", "hash", ["hash", "threefry"],
+                               "Where tom's mask samples get their bits (randjax.masks).")
 _SELECT_SIZE = flags.DEFINE_integer(
     "select_size", 0, "If > 0, only time kth_largest against jnp.sort on this many values.")
 _ANALYSIS = flags.DEFINE_bool("analysis", False, "Also time the frame-potential analyses "
@@ -178,6 +181,8 @@ def build(name: str, tx: optax.GradientTransformation) -> registry.Method:
                               laperm_include_1d=_LAPERM_INCLUDE_1D.value)}
     config = registry.get_config(name)
     config.update(options.get(name, {}))
+    if name == "tom":
+        config.tom.bits = _TOM_BITS.value
     return registry.build(config, tx)
 
 

@@ -24,6 +24,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +33,8 @@ from jax import lax
 
 from randjax import tree
 
-__all__ = ["GRADIENTS", "ROUNDINGS", "bernoulli_mask", "from_order_key", "keep_largest",
-           "kth_largest", "order_key", "threshold_mask", "topk_mask"]
+__all__ = ["BITS", "GRADIENTS", "ROUNDINGS", "bernoulli_mask", "from_order_key", "hash_bits",
+           "keep_largest", "kth_largest", "order_key", "threshold_mask", "topk_mask"]
 
 # Selection strategy (see `_select`): on CPU, radix select with 16-bit
 # scatter-add histograms (2 passes for float32, 1 for bfloat16) is the
@@ -549,16 +550,55 @@ _straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
 
 #: The backward passes of `bernoulli_mask` (its ``gradient`` argument).
 GRADIENTS = ("sigmoid", "identity")
+#: Where `bernoulli_mask`'s uniform bits come from (its ``bits`` argument).
+BITS = ("threefry", "hash")
+
+
+def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform ``uint32`` words from a counter hash: cheap bits for masks.
+
+    Element ``i`` (flattened) is murmur3's 32-bit finaliser ``fmix32`` of
+    ``i XOR seed``, with one ``seed`` drawn from ``key``. ``fmix32`` is a
+    bijection with full avalanche, so the words of one call are distinct
+    and look independent; a new key gives a new seed. It is a counter-based
+    generator like threefry, with one mixing round instead of twenty: much
+    cheaper where every weight needs fresh bits at every step, and weaker
+    (no guarantee beyond what masks and dropout need).
+
+    Args:
+        key: a `jax.random` key.
+        shape: the shape of the result.
+
+    Returns:
+        A ``uint32`` array of ``shape``.
+
+    Example:
+        >>> import jax
+        >>> from randjax.masks import hash_bits
+        >>> bits = hash_bits(jax.random.key(0), (1000,))
+        >>> bool((bits == hash_bits(jax.random.key(0), (1000,))).all()), len(set(bits.tolist()))
+        (True, 1000)
+    """
+    seed = jax.random.bits(key, (), jnp.uint32)
+    h = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape) ^ seed
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
 
 
 def bernoulli_mask(key: jax.Array, logits: jax.Array, *,
-                   gradient: str = "sigmoid") -> jax.Array:
+                   gradient: str = "sigmoid", bits: str = "threefry") -> jax.Array:
     """Zhou's supermask: a Bernoulli(sigmoid(logits)) sample, straight-through.
 
     The forward value is an exact 0/1 sample, the same as
     ``jax.random.bernoulli(key, jax.nn.sigmoid(logits))`` with the sigmoid
     taken in (at least) float32, so bfloat16 logits do not coarsen the
-    probabilities. The backward pass is straight-through:
+    probabilities. With ``bits="hash"`` the uniform words come from
+    `hash_bits` instead of threefry (``word < p * 2**32``, with ``p`` in
+    float32: resolved to at worst ``2**-24``): several times cheaper on CPU, where sampling a
+    mask for every weight at every step would otherwise cost more than a
+    small network's forward and backward passes. The backward pass is
+    straight-through:
 
     * ``gradient="sigmoid"`` (Zhou et al.'s supermask): through the sigmoid,
       ``d/dlogits = upstream * sigmoid(logits) * (1 - sigmoid(logits))``
@@ -572,12 +612,15 @@ def bernoulli_mask(key: jax.Array, logits: jax.Array, *,
         key: a `jax.random` key; a fixed key gives a fixed sample.
         logits: floating array of any shape, the mask logits.
         gradient: ``"sigmoid"`` or ``"identity"``, the backward pass.
+        bits: ``"threefry"`` (`jax.random.bernoulli`) or ``"hash"``
+            (`hash_bits`).
 
     Returns:
         A 0/1 array with the shape and dtype of ``logits``.
 
     Raises:
-        ValueError: ``logits`` is not floating; an unknown ``gradient``.
+        ValueError: ``logits`` is not floating; an unknown ``gradient`` or
+            ``bits``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -594,9 +637,15 @@ def bernoulli_mask(key: jax.Array, logits: jax.Array, *,
     logits = jnp.asarray(logits)
     _check_float(logits, "logits")
     tree.check_choice(gradient, GRADIENTS, "gradient")
+    tree.check_choice(bits, BITS, "bits")
     wide = jnp.promote_types(logits.dtype, jnp.float32)
     probs = jax.nn.sigmoid(lax.stop_gradient(logits).astype(wide))
-    hard = jax.random.bernoulli(key, probs).astype(logits.dtype)
+    if bits == "threefry":
+        hard = jax.random.bernoulli(key, probs)
+    else:  # the largest float32 below 2**32 stands for p = 1 (a 2**-24 shortfall)
+        threshold = jnp.minimum(probs.astype(jnp.float32) * 2.0**32, 4294967040.0)
+        hard = hash_bits(key, logits.shape) < threshold.astype(jnp.uint32)
+    hard = hard.astype(logits.dtype)
     through = _through_sigmoid if gradient == "sigmoid" else _straight_through
     return through(logits, hard)
 

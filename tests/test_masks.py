@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from randjax.masks import (
     bernoulli_mask,
     from_order_key,
+    hash_bits,
     kth_largest,
     order_key,
     threshold_mask,
@@ -350,6 +351,29 @@ def test_bernoulli_mask_frequencies_match_sigmoid():
     assert set(np.unique(np.asarray(mask)).tolist()) == {0.0, 1.0}
     np.testing.assert_allclose(mask.mean(axis=1), jax.nn.sigmoid(logits[:, 0]),
                                atol=0.01)
+
+
+@pytest.mark.parametrize("gradient", ["sigmoid", "identity"])
+def test_hash_bits_bernoulli_frequencies_and_independence(gradient):
+    logits = jnp.array([0.0, 2.0, -1.0, 15.0, -15.0])[:, None] * jnp.ones((1, 100_000))
+    sample = jax.jit(lambda k: bernoulli_mask(k, logits, gradient=gradient, bits="hash"))
+    mask, other = (np.asarray(sample(jax.random.key(k))) for k in (0, 1))
+    assert set(np.unique(mask).tolist()) == {0.0, 1.0}
+    np.testing.assert_allclose(mask.mean(axis=1), jax.nn.sigmoid(logits[:, 0]), atol=0.01)
+    # Neighbours within a call and the same element across keys are uncorrelated.
+    half = mask[0] - 0.5
+    assert abs(np.mean(half[1:] * half[:-1])) < 0.01
+    assert abs(np.mean(half * (other[0] - 0.5))) < 0.01
+    assert np.array_equal(mask, np.asarray(sample(jax.random.key(0))))
+    bits = np.asarray(hash_bits(jax.random.key(2), (300, 400)))
+    assert bits.dtype == np.uint32 and len(np.unique(bits)) == bits.size
+    assert abs(bits.mean() / 2**32 - 0.5) < 0.005
+    # The same straight-through gradients as with threefry's bits.
+    grad = jax.grad(lambda z: jnp.sum(bernoulli_mask(jax.random.key(0), z, gradient=gradient,
+                                                     bits="hash") * 3.0))(jnp.zeros(4))
+    np.testing.assert_allclose(grad, 0.75 if gradient == "sigmoid" else 3.0)
+    with pytest.raises(ValueError, match="bits"):
+        bernoulli_mask(jax.random.key(0), logits, bits="philox")
 
 
 def test_bernoulli_mask_is_jax_random_bernoulli_of_sigmoid():

@@ -32,6 +32,7 @@ def settings() -> ml_collections.ConfigDict:
         logit_init=4.0,
         bound=15.0,
         scope="global",           # of the final top-density masks
+        bits="hash",              # the samples' bits (randjax.masks.bernoulli_mask)
     ))
 
 
@@ -56,7 +57,8 @@ def mask_training(tom_settings: ml_collections.ConfigDict, density: float, *,
     if optimizer is None:
         optimizer = optax.sgd(s.learning_rate, momentum=s.momentum or None,
                               nesterov=s.nesterov)
-    reparam = tom.tom(density, logit_init=s.logit_init, scope=s.scope, filter=filter)
+    reparam = tom.tom(density, logit_init=s.logit_init, scope=s.scope, filter=filter,
+                      bits=s.bits)
     gradients = tom.tom_gradients(clip=s.clip, penalty=s.penalty,
                                   penalty_scale=s.penalty_scale,
                                   divide_by_weight=s.divide_by_weight, weights=weights,

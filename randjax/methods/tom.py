@@ -130,16 +130,22 @@ def expected_density(logits: PyTree) -> jax.Array:
 
 
 def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
-        filter: tree.Filter = tree.is_kernel) -> Reparam:
+        filter: tree.Filter = tree.is_kernel, bits: str = "hash") -> Reparam:
     """TOM's mask training: Bernoulli mask logits over frozen, briefly trained weights.
 
     Each selected weight ``w`` gets a trainable logit ``b`` (``logit_init``
     at init: ``sigmoid(4) = 0.98``, nearly dense). In training ``apply``
     samples ``c = bernoulli_mask(fold_in(key, i), b, gradient="identity")``
     for the ``i``-th selected leaf and returns ``w * c``: ``dL/dc`` reaches
-    ``b`` unchanged. At evaluation (``train=False``) the mask is
-    `final_masks` of the logits: exactly the top ``density`` of them. Every
-    other parameter (biases, BatchNorm) is frozen. Train the logits with
+    ``b`` unchanged. The samples' uniform bits come from
+    `randjax.masks.hash_bits` by default: TOM draws a mask for every weight
+    at every step, which with threefry costs more than a small network's
+    step itself (``python -m experiments.benchmark --methods=dense,tom
+    --tom_bits=threefry`` times it; ``bits="threefry"`` is
+    `jax.random.bernoulli`'s generator).
+    At evaluation (``train=False``) the mask is `final_masks` of the logits:
+    exactly the top ``density`` of them. Every other parameter (biases,
+    BatchNorm) is frozen. Train the logits with
     `tom_gradients` in front of the optimizer.
 
     Args:
@@ -150,6 +156,8 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
             ``density``).
         filter: ``filter(path, leaf) -> bool`` picks the masked leaves
             (default: kernels).
+        bits: ``"hash"`` or ``"threefry"``: the samples' uniform bits
+            (`randjax.masks.bernoulli_mask`).
 
     Returns:
         A `Reparam`; ``init(key, params)`` gives ``(logits, weights)``;
@@ -157,7 +165,8 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
 
     Raises:
         ValueError: ``density`` outside (0, 1]; ``logit_init`` not a finite
-            real; unknown ``scope``. From ``init``: as `randjax.supermask`.
+            real; unknown ``scope`` or ``bits``. From ``init``: as
+            `randjax.supermask`.
             From ``apply``: ``key`` is None in training.
 
     Example:
@@ -176,6 +185,7 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
     logit_init = tree.check_real(logit_init, "logit_init")
     tree.check_choice(scope, pruning.SCOPES, "scope")
     filter = tree.check_filter(filter)
+    tree.check_choice(bits, masks.BITS, "bits")
 
     def init(key, params):
         make = lambda k, leaf: jnp.full(leaf.shape, logit_init, leaf.dtype)
@@ -189,7 +199,8 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
             if key is None:
                 raise ValueError("tom.apply samples masks in training and needs "
                                  "key=jax.random key, got None")
-            chosen = [masks.bernoulli_mask(jax.random.fold_in(key, i), b, gradient="identity")
+            chosen = [masks.bernoulli_mask(jax.random.fold_in(key, i), b, gradient="identity",
+                                           bits=bits)
                       for i, (b, _) in enumerate(selected)]
         else:
             kept = jax.tree.leaves(final_masks([b for b, _ in selected], density, scope=scope))
