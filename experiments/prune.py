@@ -182,6 +182,7 @@ class Pruner:
         self.workdir = pathlib.Path(workdir)
         self.progress = progress
         self.mask_record = {}  # criterion="tom": the mask training, in the next round's record
+        self.final: Round | None = None  # the last round, once `run` has trained it
         self.dataset = train_lib.load_dataset(config)
         self.model = train_lib.make_model(config, self.dataset.num_classes)
         self.steps_per_epoch = train_lib.epoch_length(config, len(self.dataset.train.y))
@@ -435,6 +436,7 @@ class Pruner:
             _write_jsonl(self.workdir / "rounds.jsonl", records)
             bar.set_postfix(density=f"{records[-1]['density']:.4f}",
                             test=f"{records[-1]['test_accuracy']:.4f}")
+        self.final = runs[-1]
         return self._finish(records, runs[-1])
 
     def _finish(self, records: list[dict], last: Round) -> dict:

@@ -69,6 +69,11 @@ HELP = {
 }
 
 
+#: What a study record keeps of each round (the mask fields: criterion="tom").
+ROUND_FIELDS = ("round", "density", "density_all", "test_accuracy", "train_loss", "steps",
+                "seconds", "mask_steps", "mask_test_accuracy", "mask_expected_density")
+
+
 def get_config() -> ml_collections.ConfigDict:
     """The studies' default settings (see `HELP`)."""
     return ml_collections.ConfigDict(dict(
@@ -102,7 +107,7 @@ def run_config(study: ml_collections.ConfigDict, model: str, **overrides):
     return config
 
 
-def _variant_config(study, model: str, variant: str) -> ml_collections.ConfigDict:
+def variant_config(study, model: str, variant: str) -> ml_collections.ConfigDict:
     """The iterative run of ``variant`` on ``model``."""
     config = run_config(study, model, variant=variant)
     if variant == "sgimp":
@@ -113,7 +118,7 @@ def _variant_config(study, model: str, variant: str) -> ml_collections.ConfigDic
     return config
 
 
-def _run(study, records: Records, name: str, config: ml_collections.ConfigDict) -> dict:
+def run_record(study, records: Records, name: str, config: ml_collections.ConfigDict) -> dict:
     """Runs (or resumes) one pruning config; its record holds every round."""
     row = records.get(name)
     if row is not None:
@@ -127,15 +132,15 @@ def _run(study, records: Records, name: str, config: ml_collections.ConfigDict) 
         "epochs": config.epochs, "train_limit": config.train_limit,
         "test_accuracy": summary["test_accuracy"], "density": summary["density"],
         "wall_seconds": summary["seconds"],
-        "rounds": [{k: r[k] for k in ("round", "density", "density_all", "test_accuracy",
-                                      "train_loss", "steps", "seconds")} for r in rounds]})
+        "rounds": [{k: r[k] for k in ROUND_FIELDS if k in r} for r in rounds]})
 
 
 def _variants(study, records, model: str, variants) -> dict:
     """Each variant's iterative run on ``model``: ``{label: [(density, accuracy)]}``."""
     series = {}
     for variant in variants:
-        row = _run(study, records, f"{model}/{variant}", _variant_config(study, model, variant))
+        row = run_record(study, records, f"{model}/{variant}",
+                         variant_config(study, model, variant))
         label = (f"sGIMP ({100 * study.rewind_fraction:.0f}%)" if variant == "sgimp"
                  else variant.upper())
         series[label] = [(r["density"], r["test_accuracy"]) for r in row["rounds"]]
@@ -161,7 +166,7 @@ def mlp_study(study: ml_collections.ConfigDict, out: pathlib.Path):
             points = []
             for density in study.baseline_densities:
                 config = run_config(study, model, target_density=density, **overrides)
-                row = _run(study, records, f"{model}/{label}/{density}", config)
+                row = run_record(study, records, f"{model}/{label}/{density}", config)
                 points.append((row["density"], row["test_accuracy"]))
             series[label] = points
         panels[model] = series

@@ -28,7 +28,7 @@ from randjax import data as data_lib
 from randjax import models
 
 FLAGS = flags.FLAGS
-_MODEL_OPTIONS = ("width", "use_bias", "batch_norm", "dropout")
+_MODEL_OPTIONS = ("width", "use_bias", "batch_norm", "bn_momentum", "bn_epsilon", "dropout")
 
 
 def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:

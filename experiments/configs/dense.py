@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.width = 1.0
     config.use_bias = config_dict.placeholder(bool)
     config.batch_norm = config_dict.placeholder(bool)
+    config.bn_momentum = config_dict.placeholder(float)  # flax's decay (0.9 = PyTorch's 0.1)
+    config.bn_epsilon = config_dict.placeholder(float)
     config.dropout = 0.0
 
     # Optimisation.

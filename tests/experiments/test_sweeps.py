@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+import randjax
+
 
 def _rows(path):
     return {r["name"]: r for r in json.loads(path.read_text())}
@@ -160,3 +162,43 @@ def test_structured_sweeps_write_records_and_figures(tmp_path, run_module):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     out = run_module(*args)  # everything recorded: nothing trains again
     assert ": test " not in out
+
+
+def test_tom_studies_write_records_tables_and_figures(tmp_path, run_module):
+    args = ["experiments.tom_studies", "--dataset=digits", "--studies=tom,modifications",
+            "--tom_models=lenet300_100",
+            "--variants=lrr", "--epochs=2", "--mlp_multiplier=0.5", "--mlp_target=0.25",
+            "--densities=0.25", "--tom_penalty_scale=1e-3", "--seeds=0,1",
+            "--modification_model=lenet300_100", "--modification_density=0.25",
+            "--modification_rounds=2", "--bn_model=resnet20", "--conv_epochs=1",
+            "--conv_train_limit=200", "--bn_target=0.5", "--conv_multiplier=0.5",
+            f"--out_dir={tmp_path}", f"--work_dir={tmp_path / 'runs'}"]
+    run_module(*args)
+    toms = _rows(tmp_path / "tom.json")
+    assert set(toms) == {"lenet300_100/TOM/0.25", "lenet300_100/TOM/0.25/seed1"}
+    tom = toms["lenet300_100/TOM/0.25"]
+    dense, sparse = tom["rounds"]
+    assert sparse["density"] == pytest.approx(0.25, abs=1e-3) and sparse["mask_steps"] > 0
+    assert sparse["steps"] == 2 * dense["steps"]  # 1 dense epoch, then the 2-epoch schedule
+    assert sparse["test_accuracy"] > 0.5
+    # Seed 0's baselines are pruning_sweeps' records; other seeds are added beside them.
+    baselines = _rows(tmp_path / "mlps.json")
+    assert {"lenet300_100/lrr", "lenet300_100/lrr/seed1", "lenet300_100/sgimp",
+            "lenet300_100/SNIP at init/0.25/seed1"} <= set(baselines)
+    table = (tmp_path / "tom.md").read_text()
+    assert "| lenet300_100 | TOM | 0.2500 |" in table and "+-" in table
+    mods = _rows(tmp_path / "modifications.json")
+    assert {row["how"] for row in mods.values()} == {"unmodified", *randjax.pruning.MODIFICATIONS}
+    kept = {row["kept"] for row in mods.values()}
+    assert len(kept) == 1  # every modification keeps the ticket's count
+    assert "shuffle_masks_reinit" in (tmp_path / "modifications.md").read_text()
+    out = run_module(*args)  # everything recorded: nothing trains again
+    assert ": test " not in out
+    run_module(*[a for a in args if not a.startswith(("--studies", "--seeds"))],
+               "--studies=bn", "--seeds=0")
+    bn = _rows(tmp_path / "bn.json")
+    assert set(bn) == {f"resnet20/lrr/momentum {m:g}, epsilon {e:g}/seed0"
+                       for m, e in ((0.99, 1e-3), (0.997, 1e-5))}
+    assert all(len(row["rounds"]) == 2 for row in bn.values())
+    for name in ("tom", "modifications", "bn"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
