@@ -345,7 +345,8 @@ class Pruner:
                             "mask_test_accuracy": result.summary["test_accuracy"],
                             "mask_expected_density": float(
                                 tom.expected_density(result.state.trainable))}
-        return tom.final_masks(result.state.trainable, self.plan.target, scope=config.tom.scope)
+        return tom.final_masks(result.state.trainable, self.plan.target, scope=config.tom.scope,
+                               weights=result.state.frozen)
 
     def next_masks(self, r: int, variables, masks):
         """The masks of round ``r + 1``, from round ``r``'s final ``variables``.

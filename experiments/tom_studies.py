@@ -12,7 +12,8 @@ over ``--seeds`` (every run is repeated per seed):
 * ``tom`` (Fig. 3.10): Training Optimal Masks (``experiments.prune`` with
   ``criterion="tom"``: the dense network trained ``tom_pretrain_epochs``, the
   start of the ``epochs`` schedule; masks trained ``tom_mask_epochs`` with the
-  code's SGD at rate 10, clip ``tom_clip`` and penalty ``tom_penalty_scale``;
+  code's SGD at rate 10, clip ``tom_clip`` and penalty ``tom_penalty_scale``
+  (conv nets: ``conv_tom_mask_epochs``, ``conv_tom_penalty_scale``);
   the top ``density`` kept and retrained ``epochs`` from the short run's
   weights) at ``densities`` against one-shot magnitude pruning + LRR, SNIP and
   random pruning at init and iterative LRR and sGIMP, on ``tom_models``, all
@@ -62,7 +63,9 @@ HELP = {
     "tom_pretrain_epochs": "TOM's dense run, the start of the schedule (the thesis: 10%).",
     "tom_mask_epochs": "TOM's mask training.",
     "tom_clip": "TOM's gradient clip (the thesis: 0.1; the code: 0.1 / its rate 10).",
-    "tom_penalty_scale": "TOM's L1 penalty on the masks.",
+    "tom_penalty_scale": "TOM's L1 penalty on the masks (MLPs).",
+    "conv_tom_mask_epochs": "TOM's mask training on the conv nets (16 steps an epoch).",
+    "conv_tom_penalty_scale": "TOM's penalty on the conv nets: their few steps need more.",
     "modification_model": "Model of the modifications study.",
     "modification_density": "Density the modifications study prunes to by WR.",
     "modification_rounds": "WR rounds to reach it.",
@@ -87,7 +90,8 @@ def get_config() -> ml_collections.ConfigDict:
         studies=("tom", "modifications", "bn"), work_dir="runs/tom_studies", seeds=(0,),
         tom_models=("lenet300_100", "mlp400x3", "conv4"), densities=(0.1, 0.05, 0.02),
         conv_densities=(0.25, 0.0625), tom_pretrain_epochs=1, tom_mask_epochs=1,
-        tom_clip=0.01, tom_penalty_scale=3e-4,
+        tom_clip=0.01, tom_penalty_scale=3e-4, conv_tom_mask_epochs=2,
+        conv_tom_penalty_scale=3e-3,
         modification_model="mlp400x3", modification_density=0.04, modification_rounds=8,
         bn_model="resnet20", bn_variant="lrr", bn_target=0.02,
         bn_settings=(0.99, 1e-3, 0.997, 1e-5)))
@@ -122,10 +126,13 @@ def tom_config(study, model: str, density: float) -> ml_collections.ConfigDict:
     """TOM at ``density`` on ``model``: a short dense run, the masks, LRR retraining."""
     config = pruning_sweeps.run_config(study, model, pruning="oneshot", variant="lrr",
                                        criterion="tom", target_density=density)
+    mlp = model in sweeps.MLPS
     config.retrain_epochs = config.epochs
     config.epochs = study.tom_pretrain_epochs
-    config.tom.update(epochs=study.tom_mask_epochs, clip=study.tom_clip,
-                      penalty_scale=study.tom_penalty_scale)
+    config.tom.update(epochs=study.tom_mask_epochs if mlp else study.conv_tom_mask_epochs,
+                      clip=study.tom_clip,
+                      penalty_scale=study.tom_penalty_scale if mlp
+                      else study.conv_tom_penalty_scale)
     return config
 
 

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from randjax import masks, pruning, tree
@@ -67,26 +68,45 @@ def _kept_counts(sizes: list[int], density: float) -> list[int]:
     return [max(1, round(density * n)) for n in sizes]
 
 
-def final_masks(logits: PyTree, density: float, *, scope: str = "global") -> PyTree:
+def _top_with_ties_by(scores: jax.Array, second: jax.Array | None, k: int) -> jax.Array:
+    """The ``k`` largest ``scores``; among those tied at the threshold, the largest ``second``."""
+    if second is None:
+        return masks.keep_largest(scores, k)
+    threshold = masks.kth_largest(scores, k)
+    above = scores > threshold
+    tied = jnp.where(scores == threshold, second, -jnp.inf)
+    return above | masks.keep_largest(tied, k - jnp.sum(above, dtype=jnp.int32))
+
+
+def final_masks(logits: PyTree, density: float, *, scope: str = "global",
+                weights: PyTree = None) -> PyTree:
     """Masks keeping exactly the top ``density`` of the logits (TOM's step 3).
 
     The count is `randjax.pruning`'s ``"exact"`` rule (``max(1,
-    round(density * n))``, ties kept in flattening order), over all logits
-    (``scope="global"``, as Mikler prunes) or per leaf (``"layer"``); the
-    masks equal ``pruning.masks_at_density(logits, density, scope=scope)``.
-    Unlike that function it jits (the counts come from the shapes).
+    round(density * n))``), over all logits (``scope="global"``, as Mikler
+    prunes) or per leaf (``"layer"``). Logits tie often: the bound clips
+    many to exactly ``+-bound``, and briefly trained ones barely leave
+    their initial value. Among the logits tied at the threshold, those of
+    the largest ``|w|`` are kept when ``weights`` are given (magnitude
+    pruning's choice; `tom` and the pruning driver pass them), else the
+    first in flattening order; then the masks equal
+    ``pruning.masks_at_density(logits, density, scope=scope)``. Unlike that
+    function this jits (the counts come from the shapes).
 
     Args:
         logits: the logits of `tom`'s trainable tree (``None`` elsewhere).
         density: the kept fraction, in (0, 1].
         scope: ``"global"`` or ``"layer"``.
+        weights: the weights the logits mask (`tom`'s frozen tree), for the
+            ties; entries where ``logits`` has ``None`` are ignored.
 
     Returns:
         Boolean masks at the logits' leaves, ``None`` elsewhere: what
         `randjax.masked` trains under.
 
     Raises:
-        ValueError: ``density`` outside (0, 1]; an unknown ``scope``; no logit.
+        ValueError: ``density`` outside (0, 1]; an unknown ``scope``; no
+            logit; ``weights`` of another structure or shape.
 
     Example:
         >>> import jax.numpy as jnp
@@ -95,6 +115,9 @@ def final_masks(logits: PyTree, density: float, *, scope: str = "global") -> PyT
         >>> m = final_masks(logits, 0.5)
         >>> m["a"].tolist(), m["b"].tolist(), m["c"]
         ([True, False, True], [False], None)
+        >>> tied = {"w": jnp.array([15.0, 15.0, 15.0, -15.0])}
+        >>> final_masks(tied, 0.5, weights={"w": jnp.array([0.1, -0.9, 0.5, 2.0])})["w"].tolist()
+        [False, True, True, False]
     """
     density = tree.check_density(density)
     tree.check_choice(scope, pruning.SCOPES, "scope")
@@ -102,12 +125,22 @@ def final_masks(logits: PyTree, density: float, *, scope: str = "global") -> PyT
     present = [i for i, leaf in enumerate(leaves) if leaf is not None]
     if not present:
         raise ValueError("final_masks: the logits hold no array (every leaf is None)")
+    magnitudes = [None] * len(leaves)
+    if weights is not None:
+        w_leaves = treedef.flatten_up_to(weights)
+        for i in present:
+            if np.shape(w_leaves[i]) != np.shape(leaves[i]):
+                raise ValueError(f"final_masks: a weight of shape {np.shape(w_leaves[i])} "
+                                 f"for logits of shape {np.shape(leaves[i])}")
+            magnitudes[i] = jnp.abs(jnp.ravel(w_leaves[i])).astype(jnp.float32)
     out = list(leaves)
     groups = [present] if scope == "global" else [[i] for i in present]
     for group in groups:
         flat = jnp.concatenate([jnp.ravel(leaves[i]).astype(jnp.float32) for i in group])
+        second = (None if weights is None
+                  else jnp.concatenate([magnitudes[i] for i in group]))
         (k,) = _kept_counts([flat.size], density)
-        kept, start = masks.keep_largest(flat, k), 0
+        kept, start = _top_with_ties_by(flat, second, k), 0
         for i in group:
             out[i] = kept[start:start + leaves[i].size].reshape(leaves[i].shape)
             start += leaves[i].size
@@ -203,7 +236,8 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
                                            bits=bits)
                       for i, (b, _) in enumerate(selected)]
         else:
-            kept = jax.tree.leaves(final_masks([b for b, _ in selected], density, scope=scope))
+            kept = jax.tree.leaves(final_masks([b for b, _ in selected], density, scope=scope,
+                                               weights=[w for _, w in selected]))
             chosen = [m.astype(b.dtype) for m, (b, _) in zip(kept, selected)]
         return paired.rebuild([w * c.astype(w.dtype) for c, (_, w) in zip(chosen, selected)])
 

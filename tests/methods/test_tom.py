@@ -37,6 +37,34 @@ def test_final_masks_are_pruning_masks_at_density(density, scope, jit):
         np.testing.assert_array_equal(got[name], want[name])
 
 
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_final_masks_break_ties_by_weight_magnitude(scope, jit):
+    rng = np.random.default_rng(2)
+    # Clipped logits: most at the bounds, the threshold inside the -15 group.
+    logits = {"a": jnp.asarray(rng.choice([15.0, -15.0, 1.0], (20, 30), p=[0.05, 0.9, 0.05]),
+                               jnp.float32),
+              "b": jnp.asarray(rng.choice([15.0, -15.0], (30, 5), p=[0.05, 0.95]), jnp.float32),
+              "c": None}
+    weights = {"a": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32),
+               "b": jnp.asarray(rng.normal(size=(30, 5)), jnp.float32), "c": jnp.ones(3)}
+    make = (jax.jit(final_masks, static_argnums=1, static_argnames="scope") if jit
+            else final_masks)
+    got = make(logits, 0.2, scope=scope, weights=weights)
+    groups = [("a", "b")] if scope == "global" else [("a",), ("b",)]
+    for names in groups:
+        b = np.concatenate([np.ravel(logits[n]) for n in names])
+        w = np.abs(np.concatenate([np.ravel(weights[n]) for n in names]))
+        m = np.concatenate([np.ravel(got[n]) for n in names])
+        # The reference: sort by logit, then by |w|, both descending.
+        keep = np.lexsort((-w, -b))[:max(1, round(0.2 * b.size))]
+        want = np.zeros(b.size, bool)
+        want[keep] = True
+        np.testing.assert_array_equal(m, want)
+    with pytest.raises(ValueError, match="shape"):
+        final_masks(logits, 0.2, weights={**weights, "b": jnp.ones((5, 30))})
+
+
 def test_training_samples_and_the_gradient_goes_straight_through(params):
     rp = tom(0.3)
     logits, weights = rp.init(jax.random.key(0), params)
@@ -72,7 +100,7 @@ def test_evaluation_keeps_exactly_the_top_logits(params, scope):
     logits = {"a": {"kernel": jnp.asarray(rng.normal(size=(20, 30)), jnp.float32), "bias": None},
               "b": {"kernel": jnp.asarray(rng.normal(size=(30, 5)), jnp.float32)}}
     out = jax.jit(rp.apply, static_argnames="train")(logits, weights, train=False)
-    chosen = final_masks(logits, 0.25, scope=scope)
+    chosen = final_masks(logits, 0.25, scope=scope, weights=weights)
     np.testing.assert_array_equal(out["a"]["kernel"],
                                   jnp.where(chosen["a"]["kernel"], params["a"]["kernel"], 0))
     assert int(sum(m.sum() for m in jax.tree.leaves(chosen))) == (
