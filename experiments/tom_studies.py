@@ -336,7 +336,9 @@ def _plot_lines(path: pathlib.Path, panels: dict, title: str):
         ax.set(xscale="log", xlabel="weights remaining (%)", ylabel="test accuracy (%)",
                title=f"{model} {title}")
         ax.invert_xaxis()
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 2, 5, 10, 20, 50, 100]))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     plot_lib.save_figure(fig, path)
