@@ -506,18 +506,24 @@ def _topk_mask_bwd(k, residual, g):
 _topk_mask.defvjp(_topk_mask_fwd, _topk_mask_bwd)
 
 
-@jax.custom_vjp
-def _through_sigmoid(logits, hard):
-    """Returns ``hard``; the VJP goes to ``logits`` through a sigmoid."""
-    del logits
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _straight_through(logits, hard, gradient):
+    """Returns ``hard``; the VJP goes to ``logits`` as ``gradient`` says.
+
+    ``"sigmoid"``: through a sigmoid of the logits; ``"identity"``: unchanged.
+    """
+    del logits, gradient
     return hard
 
 
-def _through_sigmoid_fwd(logits, hard):
+def _straight_through_fwd(logits, hard, gradient):
+    del gradient
     return hard, logits
 
 
-def _through_sigmoid_bwd(logits, g):
+def _straight_through_bwd(gradient, logits, g):
+    if gradient == "identity":
+        return g.astype(logits.dtype), jnp.zeros_like(g)
     wide = jnp.promote_types(logits.dtype, jnp.float32)
     z = logits.astype(wide)
     # sigmoid(z) * sigmoid(-z) == s * (1 - s), without cancellation for
@@ -527,26 +533,8 @@ def _through_sigmoid_bwd(logits, g):
     return grad, jnp.zeros_like(g)
 
 
-_through_sigmoid.defvjp(_through_sigmoid_fwd, _through_sigmoid_bwd)
-
-
-@jax.custom_vjp
-def _straight_through(logits, hard):
-    """Returns ``hard``; the VJP goes to ``logits`` unchanged."""
-    del logits
-    return hard
-
-
-def _straight_through_fwd(logits, hard):
-    return hard, None
-
-
-def _straight_through_bwd(residual, g):
-    del residual
-    return g, jnp.zeros_like(g)
-
-
 _straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
 
 #: The backward passes of `bernoulli_mask` (its ``gradient`` argument).
 GRADIENTS = ("sigmoid", "identity")
@@ -646,8 +634,7 @@ def bernoulli_mask(key: jax.Array, logits: jax.Array, *,
         threshold = jnp.minimum(probs.astype(jnp.float32) * 2.0**32, 4294967040.0)
         hard = hash_bits(key, logits.shape) < threshold.astype(jnp.uint32)
     hard = hard.astype(logits.dtype)
-    through = _through_sigmoid if gradient == "sigmoid" else _straight_through
-    return through(logits, hard)
+    return _straight_through(logits, hard, gradient)
 
 
 def threshold_mask(logits: jax.Array) -> jax.Array:
@@ -680,4 +667,4 @@ def threshold_mask(logits: jax.Array) -> jax.Array:
     logits = jnp.asarray(logits)
     _check_float(logits, "logits")
     hard = (lax.stop_gradient(logits) > 0).astype(logits.dtype)
-    return _through_sigmoid(logits, hard)
+    return _straight_through(logits, hard, "sigmoid")
