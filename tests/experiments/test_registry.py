@@ -51,6 +51,20 @@ def test_masked_config_trains_under_a_mask_of_its_density(criterion):
     assert result.summary["test_accuracy"] > 0.5
 
 
+def test_tom_config_trains_masks_through_train_and_evaluate():
+    config = registry.get_config("tom")
+    config.update(density=0.2, epochs=2, val_fraction=0.0)
+    config.tom.penalty_scale = 1e-3
+    result = train.train_and_evaluate(config, None, progress=False)
+    logits = [b for b in jax.tree.leaves(result.state.trainable) if b is not None]
+    assert all(float(abs(b).max()) <= config.tom.bound for b in logits)
+    assert float(randjax.methods.tom.expected_density(result.state.trainable)) < 0.98
+    assert 0.1 < result.summary["test_accuracy"] <= 1.0
+    config.tom.divide_by_weight = True
+    with pytest.raises(ValueError, match="experiments.prune"):
+        registry.build(config, optax.sgd(0.1))
+
+
 def test_unknown_method_and_unread_fields_are_refused():
     config = registry.get_config("dense")
     config.method = "nope"
