@@ -48,6 +48,10 @@ The two steps differ only in the optimizer update, so ``update_ms`` and
 ``1 + (update_ms - plain_update_ms) / block_step_ms``: the amortised ratio
 without the noise of timing the forward and backward passes twice.
 
+``--seeds=N`` adds `seeds_seconds`: one epoch of N independent dense runs
+(own initial weights, optimizer state and data order) as a loop of jitted
+epochs and as one `jax.vmap` over the seeds (``vmap_speedup``).
+
 ``--analysis`` adds, on the model's first kernel (``Dense_0``), the
 frame-potential timings of `analysis_seconds`: ``loo_fp_ms``, all
 leave-one-out potentials from one Gram matrix
@@ -109,6 +113,9 @@ _TOM_BITS = flags.DEFINE_enum("tom_bits", "hash", ["hash", "threefry"],
                                "Where tom's mask samples get their bits (randjax.masks).")
 _SELECT_SIZE = flags.DEFINE_integer(
     "select_size", 0, "If > 0, only time kth_largest against jnp.sort on this many values.")
+_SEEDS = flags.DEFINE_integer(
+    "seeds", 0, "If > 0, also time one epoch of this many dense runs: a loop of jitted "
+    "epochs against one jax.vmap over the seeds (see seeds_seconds).")
 _ANALYSIS = flags.DEFINE_bool("analysis", False, "Also time the frame-potential analyses "
                               "and the dynamics hook (see the module docstring).")
 _FP_REFERENCE_REMOVALS = flags.DEFINE_integer(
@@ -321,20 +328,10 @@ def global_mask_seconds(model_name: str, dataset: data_lib.Dataset,
             "sort_ms": 1e3 * seconds["sort"]}
 
 
-def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
-                       tx: optax.GradientTransformation, epochs: int) -> float:
-    """The same epoch as a bare jitted scan: no reparam, keys, sharding or remainder.
-
-    This is the floor a hand-written JAX prototype reaches; `benchmark`'s
-    epoch over it is what randjax's generality costs.
-    """
-    model = models.get(model_name, num_classes=dataset.num_classes,
-                       fast_conv_grad=_FAST_CONV_GRAD.value)
-    x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
-    params = model.init(jax.random.key(0), x[:1])["params"]
+def _bare_epoch(model, x, y, batch: int, tx: optax.GradientTransformation):
+    """``(epoch, steps)``: one shuffled epoch as a bare scan, ``epoch(params, opt_state, key)``."""
     steps = len(y) // batch
 
-    @jax.jit
     def epoch(params, opt_state, key):
         def body(carry, idx):
             params, opt_state = carry
@@ -346,6 +343,22 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
         order = jax.random.permutation(key, len(y))[:steps * batch].reshape(steps, batch)
         return jax.lax.scan(body, (params, opt_state), order)
 
+    return epoch, steps
+
+
+def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
+                       tx: optax.GradientTransformation, epochs: int) -> float:
+    """The same epoch as a bare jitted scan: no reparam, keys, sharding or remainder.
+
+    This is the floor a hand-written JAX prototype reaches; `benchmark`'s
+    epoch over it is what randjax's generality costs.
+    """
+    model = models.get(model_name, num_classes=dataset.num_classes,
+                       fast_conv_grad=_FAST_CONV_GRAD.value)
+    x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
+    params = model.init(jax.random.key(0), x[:1])["params"]
+    epoch, steps = _bare_epoch(model, x, y, batch, tx)
+    epoch = jax.jit(epoch)
     carry = [(params, tx.init(params))]
 
     def one_epoch():
@@ -356,6 +369,34 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     # Scaled to the full epoch (the bare scan drops the remainder batch).
     seconds = _interleaved_medians({"bare": one_epoch}, epochs)["bare"]
     return seconds * math.ceil(len(y) / batch) / steps
+
+
+def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
+                  tx: optax.GradientTransformation, seeds: int, epochs: int) -> dict:
+    """One epoch of ``seeds`` independent runs: a loop of jitted epochs against one vmap.
+
+    Each run has its own initial weights, optimizer state and data order
+    (the bare epoch of `bare_epoch_seconds`); the vmapped program trains
+    them all at once, as many small runs fill one accelerator.
+    """
+    model = models.get(model_name, num_classes=dataset.num_classes,
+                       fast_conv_grad=_FAST_CONV_GRAD.value)
+    x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
+    keys = jax.random.split(jax.random.key(0), seeds)
+    params = jax.vmap(lambda k: model.init(k, x[:1])["params"])(keys)
+    opt_states = jax.vmap(tx.init)(params)
+    epoch, _ = _bare_epoch(model, x, y, batch, tx)
+    single, stacked = jax.jit(epoch), jax.jit(jax.vmap(epoch))
+    runs = [jax.tree.map(lambda a, i=i: a[i], (params, opt_states, keys)) for i in range(seeds)]
+    loop = lambda: [single(*run) for run in runs]
+    together = lambda: stacked(params, opt_states, keys)
+    looped, vmapped = jax.block_until_ready((loop(), together()))  # compile
+    # The same runs either way: the per-step losses of every seed agree.
+    difference = max(float(jnp.max(jnp.abs(run[1] - vmapped[1][i])))
+                     for i, run in enumerate(looped))
+    times = _interleaved_medians({"loop": loop, "vmap": together}, epochs)
+    return {"seeds": seeds, "loop_seconds": times["loop"], "vmap_seconds": times["vmap"],
+            "vmap_speedup": times["loop"] / times["vmap"], "max_loss_difference": difference}
 
 
 def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
@@ -483,6 +524,12 @@ def main(argv):
               f"dynamics hook {fp['hook_ms']:.1f} ms = {100 * fp['hook_over_epoch']:.2f}% "
               f"of dense's epoch (alone, ms: " + ", ".join(
                   f"{name} {ms:.2f}" for name, ms in fp["hook_parts_ms"].items()) + ")")
+    if _SEEDS.value > 0:
+        runs = seeds_seconds(_MODEL.value, dataset, _BATCH.value, tx, _SEEDS.value,
+                             _EPOCHS.value)
+        results["dense"]["seeds"] = runs
+        print(f"{runs['seeds']} seeds, one epoch each: loop {runs['loop_seconds']:.3f} s, "
+              f"vmap {runs['vmap_seconds']:.3f} s, {runs['vmap_speedup']:.2f}x")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,

@@ -146,13 +146,20 @@ def test_benchmark_reports_json(tmp_path, run_module):
     out_file = tmp_path / "bench.json"
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
                      "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}",
-                     "--methods=edge_popup,masked", "--analysis", "--fp_reference_removals=1")
+                     "--methods=edge_popup,masked,tom", "--analysis",
+                     "--fp_reference_removals=1", "--seeds=2")
     report = json.loads(out_file.read_text())
     fp = report["results"]["dense"]["analysis"]
+    assert set(fp["hook_parts_ms"]) == {"frame_potential", "ranks", "weight_profile",
+                                        "spectrum"}
+    seeds = report["results"]["dense"]["seeds"]
+    assert seeds["seeds"] == 2 and seeds["vmap_seconds"] > 0 and "2 seeds" in out
+    assert seeds["max_loss_difference"] < 1e-4  # the vmapped runs are the looped ones
+    assert report["results"]["tom"]["ratio_to_dense"] > 0
     assert (fp["units"], fp["removals"]) == (300, 270)
     assert fp["loo_fp_ms"] > 0 and fp["greedy_fp_reference_s"] > fp["greedy_fp_s"] > 0
     assert fp["hook_over_epoch"] > 0 and "leave-one-out" in out
-    assert list(report["results"]) == ["dense", "edge_popup", "masked"]
+    assert list(report["results"]) == ["dense", "edge_popup", "masked", "tom"]
     assert report["results"]["edge_popup"]["ratio_to_dense"] > 0
     masked = report["results"]["masked"]
     assert masked["weights"] == 64 * 300 + 300 * 100 + 100 * 10  # LeNet on 8x8 digits
