@@ -50,7 +50,8 @@ without the noise of timing the forward and backward passes twice.
 
 ``--seeds=N`` adds `seeds_seconds`: one epoch of N independent dense runs
 (own initial weights, optimizer state and data order) as a loop of jitted
-epochs and as one `jax.vmap` over the seeds (``vmap_speedup``).
+epochs and as one `jax.vmap` over the seeds (``vmap_speedup``), and
+``max_loss_difference``, the largest gap between the two's per-step losses.
 
 ``--analysis`` adds, on the model's first kernel (``Dense_0``), the
 frame-potential timings of `analysis_seconds`: ``loo_fp_ms``, all
@@ -391,7 +392,8 @@ def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     loop = lambda: [single(*run) for run in runs]
     together = lambda: stacked(params, opt_states, keys)
     looped, vmapped = jax.block_until_ready((loop(), together()))  # compile
-    # The same runs either way: the per-step losses of every seed agree.
+    # How far the vmapped runs drift from the looped ones: rounding only on CPU;
+    # a GPU's batched matmuls round differently and SGD amplifies it.
     difference = max(float(jnp.max(jnp.abs(run[1] - vmapped[1][i])))
                      for i, run in enumerate(looped))
     times = _interleaved_medians({"loop": loop, "vmap": together}, epochs)
