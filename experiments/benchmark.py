@@ -392,8 +392,8 @@ def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     loop = lambda: [single(*run) for run in runs]
     together = lambda: stacked(params, opt_states, keys)
     looped, vmapped = jax.block_until_ready((loop(), together()))  # compile
-    # How far the vmapped runs drift from the looped ones: rounding only on CPU;
-    # a GPU's batched matmuls round differently and SGD amplifies it.
+    # How far the vmapped runs drift from the looped ones: batched matmuls
+    # round differently from single ones, and SGD amplifies it over an epoch.
     difference = max(float(jnp.max(jnp.abs(run[1] - vmapped[1][i])))
                      for i, run in enumerate(looped))
     times = _interleaved_medians({"loop": loop, "vmap": together}, epochs)
