@@ -183,10 +183,17 @@ def conv_study(study: ml_collections.ConfigDict, out: pathlib.Path):
 STUDIES = {"mlps": mlp_study, "convs": conv_study}
 
 
-def main(argv):
-    # Every round recompiles the previous round's programs: cache them.
+def cached_main(get_config, studies, argv):
+    """`sweeps.main` with XLA's programs kept in ``--work_dir``'s ``xla_cache/``.
+
+    Every round of a pruning run recompiles the previous round's programs.
+    """
     prune.use_compilation_cache(pathlib.Path(flags.FLAGS.work_dir) / "xla_cache")
-    sweeps.main(get_config, STUDIES, argv)
+    sweeps.main(get_config, studies, argv)
+
+
+def main(argv):
+    cached_main(get_config, STUDIES, argv)
 
 
 if __name__ == "__main__":

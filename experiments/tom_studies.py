@@ -34,6 +34,7 @@ over ``--seeds`` (every run is repeated per seed):
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import jax
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -245,7 +246,7 @@ def _modified(study, config, pruner: prune.Pruner, workdir: pathlib.Path, name: 
                                          init_params=fresh)
     variables = {**initial, "params": params}
     retrain = prune.Pruner(config, workdir, progress=False)
-    run = retrain.train_round(len(prune.read_rounds(pruner.workdir)) - 1, masks, variables)
+    run = retrain.train_round(prune.round_count(pruner.plan), masks, variables)
     summary = run.result.summary
     return {"name": name, "how": how, "seed": seed,
             "density": pruning.report(masks).density,
@@ -347,11 +348,6 @@ def _plot_lines(path: pathlib.Path, panels: dict, title: str):
 STUDIES = {"tom": tom_study, "modifications": modification_study, "bn": bn_study}
 
 
-def main(argv):
-    prune.use_compilation_cache(pathlib.Path(flags.FLAGS.work_dir) / "xla_cache")
-    sweeps.main(get_config, STUDIES, argv)
-
-
 if __name__ == "__main__":
     sweeps.define_flags(get_config(), HELP)
-    app.run(main)
+    app.run(functools.partial(pruning_sweeps.cached_main, get_config, STUDIES))
