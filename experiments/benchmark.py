@@ -48,6 +48,13 @@ The two steps differ only in the optimizer update, so ``update_ms`` and
 ``1 + (update_ms - plain_update_ms) / block_step_ms``: the amortised ratio
 without the noise of timing the forward and backward passes twice.
 
+Every method also reports `randjax.fit`'s divergence check:
+``nonfinite_check_ms``, the check of an epoch's losses with the parameters'
+finiteness reduction (`randjax.train.all_finite`) dispatched on its own (an
+upper bound: `randjax.fit` runs the reduction inside the jitted epoch), its
+share of the epoch (``nonfinite_check_over_epoch``), and
+``unchecked_epoch_seconds``, the epoch without the reduction, timed in turn.
+
 ``--seeds=N`` adds `seeds_seconds`: one epoch of N independent dense runs
 (own initial weights, optimizer state and data order) as a loop of jitted
 epochs and as one `jax.vmap` over the seeds (``vmap_speedup``), and
@@ -152,7 +159,14 @@ def _interleaved_medians(fns: dict, repeats: int) -> dict:
 
 def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
             tx: optax.GradientTransformation, reparam: randjax.Reparam):
-    """Compiled ``(one_step, one_epoch)`` closures of one method (``reparam`` and ``tx``)."""
+    """Compiled ``(one_step, one_epoch, check, unchecked_epoch)`` of one method.
+
+    ``check`` is `randjax.fit`'s divergence check of the last epoch's losses
+    and parameters (`randjax.train.find_nonfinite`, `randjax.train.all_finite`)
+    dispatched on its own; ``unchecked_epoch`` is the epoch without the
+    parameters' finiteness reduction that ``one_epoch`` (as `randjax.fit`)
+    runs inside it.
+    """
     model = models.get(model_name, num_classes=dataset.num_classes,
                        fast_conv_grad=_FAST_CONV_GRAD.value)
     mesh = train.data_mesh()
@@ -162,21 +176,32 @@ def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
     x, y = jax.device_put((dataset.train.x, dataset.train.y), replicated)
     step = jax.jit(train.make_train_step(model, reparam, tx), donate_argnums=0)
     xb, yb, key = x[:batch], y[:batch], jax.random.key(1)
-    holder = [state]
+    held = {"state": state, "losses": None}
 
     def one_step():
-        holder[0], metrics = step(holder[0], xb, yb, key)
+        held["state"], metrics = step(held["state"], xb, yb, key)
         return metrics
 
-    epoch_fn = train.make_epoch_fn(train.make_train_step(model, reparam, tx), mesh,
-                                   len(dataset.train.y), batch)
+    epoch_fns = [train.make_epoch_fn(train.make_train_step(model, reparam, tx), mesh,
+                                     len(dataset.train.y), batch, check_finite=check)
+                 for check in (True, False)]
 
-    def one_epoch():
-        holder[0], losses, _, _ = epoch_fn(holder[0], x, y, key)
-        return losses
+    def one_epoch(epoch_fn=epoch_fns[0]):  # fit fetches the per-step losses every epoch
+        held["state"], *out = epoch_fn(held["state"], x, y, key)
+        held["losses"] = jax.device_get(out[0])
+        return held["losses"]
 
-    one_step(), one_epoch()  # compile
-    return one_step, one_epoch
+    def check():
+        # An upper bound: the parameters' reduction, which fit runs inside the
+        # jitted epoch, dispatched on its own here.
+        state = held["state"]
+        finite = train.all_finite((state.trainable, state.model_state))
+        if train.find_nonfinite(held["losses"], bool(finite), 0, 1):
+            raise FloatingPointError("the benchmark's training diverged")
+
+    unchecked_epoch = functools.partial(one_epoch, epoch_fns[1])
+    one_step(), one_epoch(), check(), unchecked_epoch()  # compile
+    return one_step, one_epoch, check, unchecked_epoch
 
 
 def build(name: str, tx: optax.GradientTransformation) -> registry.Method:
@@ -212,13 +237,22 @@ def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
     if block > 0:
         blocks = {n: functools.partial(_steps, c[0], block) for n, c in compiled.items()}
         block_seconds = _interleaved_medians(blocks, max(5, steps // block))
-    epoch_seconds = _interleaved_medians({n: c[1] for n, c in compiled.items()}, epochs)
+    # Each epoch, fit's divergence check of it, and the epoch without the
+    # check's in-epoch reduction, timed in turn.
+    epoch_and_check = _interleaved_medians(
+        {f"{n}{part}": c[i] for n, c in compiled.items()
+         for part, i in (("", 1), ("/check", 2), ("/unchecked", 3))}, epochs)
+    epoch_seconds = {n: epoch_and_check[n] for n in compiled}
     steps_per_epoch = math.ceil(len(dataset.train.y) / batch)
     results = {name: {"step_ms": 1e3 * step_seconds[name],
                       "images_per_second": batch / step_seconds[name],
                       "epoch_seconds": epoch_seconds[name],
                       "steps_per_epoch": steps_per_epoch,
-                      "overhead": epoch_seconds[name] / (steps_per_epoch * step_seconds[name])}
+                      "overhead": epoch_seconds[name] / (steps_per_epoch * step_seconds[name]),
+                      "nonfinite_check_ms": 1e3 * epoch_and_check[f"{name}/check"],
+                      "nonfinite_check_over_epoch": (epoch_and_check[f"{name}/check"]
+                                                     / epoch_seconds[name]),
+                      "unchecked_epoch_seconds": epoch_and_check[f"{name}/unchecked"]}
                for name in methods}
     for name, seconds in block_seconds.items():
         results[name]["block_step_ms"] = 1e3 * seconds / block
@@ -559,6 +593,11 @@ def main(argv):
         print(f"laperm k={k}, updates alone: {lp['update_ms']:.4f} ms against "
               f"{lp['plain_update_ms']:.4f} ms per step, so an amortised step of "
               f"{lp['amortised_ratio_from_updates']:.4f}x the plain one")
+    print("divergence check (find_nonfinite, all_finite dispatched alone): " + ", ".join(
+        f"{name} {r['nonfinite_check_ms']:.3f} ms = "
+        f"{100 * r['nonfinite_check_over_epoch']:.3f}% of its epoch, which takes "
+        f"{r['epoch_seconds'] / r['unchecked_epoch_seconds']:.4f}x the epoch without it"
+        for name, r in results.items()))
     print(f"bare jitted scan, same model and optimizer: {bare:.4f} s/epoch; "
           f"randjax epoch / bare = {results['dense']['epoch_over_bare_scan']:.3f}")
     text = json.dumps(report, indent=2)

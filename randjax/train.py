@@ -27,10 +27,18 @@ it knows methods only through that protocol (`randjax.reparam`):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
+import logging
+import math
+import os
 import pathlib
+import re
+import shutil
 import time
+import warnings
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -46,7 +54,7 @@ from jax.sharding import PartitionSpec as P
 
 from randjax import data as data_lib
 from randjax.reparam import Reparam, apply_updates, dense
-from randjax.tree import check_int
+from randjax.tree import check_choice, check_int
 
 PyTree = Any
 EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
@@ -73,6 +81,20 @@ class Augmentation:
     crop_padding: int = 0
     flip: bool = False
     pad_value: Any = None
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or non-finite parameters.
+
+    Attributes:
+        epoch: the epoch (1-based) in which it happened.
+        step: the first global step whose loss was not finite (or the last
+            step of ``epoch`` when only the parameters were).
+    """
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 @dataclasses.dataclass
@@ -224,8 +246,9 @@ def _shard_batch(mesh, *arrays):
 
 
 def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
-                  drop_remainder: bool = False, start: int = 0, stop: int | None = None):
-    """A jitted ``epoch(state, x, y, key) -> (state, losses, accuracies, sizes)``.
+                  drop_remainder: bool = False, start: int = 0, stop: int | None = None,
+                  check_finite: bool = True):
+    """A jitted ``epoch(state, x, y, key) -> (state, losses, accuracies, sizes, finite)``.
 
     ``x`` and ``y`` are the whole device-resident training split. The epoch is
     one permutation drawn with ``key``: a `lax.scan` over the full batches,
@@ -234,6 +257,9 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
     their own keys; the remainder only when ``stop`` is None), so an epoch
     split in parts trains as the whole epoch does: `fit` stops inside an
     epoch to snapshot a step, or starts inside one to resume a schedule.
+    ``finite`` says whether the trained parameters and model state are
+    finite (`all_finite`; always True with ``check_finite=False``), for
+    `fit`'s divergence check.
     """
 
     def run(state, x, y, indices, keys):
@@ -257,7 +283,9 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
             state, (loss, acc) = run(state, x, y, rest[None], keys[-1:])
             losses, accs = jnp.concatenate([losses, loss]), jnp.concatenate([accs, acc])
             sizes = jnp.concatenate([sizes, jnp.array([rest.shape[0]], jnp.int32)])
-        return state, losses, accs, sizes
+        finite = (all_finite((state.trainable, state.model_state)) if check_finite
+                  else jnp.array(True))
+        return state, losses, accs, sizes, finite
 
     return jax.jit(epoch, donate_argnums=0)
 
@@ -310,6 +338,32 @@ def _jsonable(value):
     return value
 
 
+def _finite_json(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a rename, so a kill never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+@jax.jit
+def all_finite(tree: PyTree) -> jax.Array:
+    """Whether every floating-point leaf of ``tree`` is finite (one jitted reduction)."""
+    leaves = [jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 class _Progress(NamedTuple):
     """What a checkpoint stores beside the train state (all arrays)."""
 
@@ -325,16 +379,99 @@ def _fresh_progress(epoch: int = 0) -> _Progress:
                                        np.float32(-1.0), np.float64(0.0))))
 
 
-def _restore(manager: ocp.CheckpointManager, state: TrainState):
-    """Restores (state, progress) from the latest checkpoint onto ``state``'s shardings."""
+def _restore(manager: ocp.CheckpointManager, state: TrainState, workdir: pathlib.Path):
+    """Restores (state, progress) from the newest checkpoint that restores.
+
+    A checkpoint whose files differ from the ones `fit` wrote (see
+    `_record_files`), or that orbax fails to restore, is moved to
+    ``workdir/damaged_checkpoints/`` with a one-line warning, and the next
+    older one is tried, so that the run resumes from it.
+
+    Raises:
+        ValueError: no checkpoint restores; the message gives each one's reason.
+    """
     target = {"state": state, "progress": _fresh_progress()}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = manager.restore(manager.latest_step(),
-                               args=ocp.args.StandardRestore(abstract))
-    state = jax.tree.unflatten(jax.tree.structure(state),
-                               jax.tree.leaves(restored["state"]))
-    progress = _Progress(*jax.tree.leaves(restored["progress"]))
-    return state, progress
+    failures = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        damage = _damage(workdir / "checkpoints" / str(step))
+        if damage is not None:
+            failures.append((step, damage))
+            continue
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as error:  # orbax and tensorstore raise many types
+            failures.append((step, _first_line(error)))
+            continue
+        _drop_failed_reads()
+        for damaged, reason in failures:
+            _set_aside(workdir, damaged)
+            warnings.warn(f"skipped the damaged checkpoint {damaged} of {workdir} "
+                          f"(moved to damaged_checkpoints/): {reason}", stacklevel=3)
+        manager.reload()
+        state = jax.tree.unflatten(jax.tree.structure(state),
+                                   jax.tree.leaves(restored["state"]))
+        return state, _Progress(*jax.tree.leaves(restored["progress"]))
+    _drop_failed_reads()
+    raise ValueError(f"no checkpoint of {workdir / 'checkpoints'} restores: "
+                     + "; ".join(f"step {s}: {reason}" for s, reason in failures))
+
+
+_FILES = "randjax_files.json"
+
+
+def _record_files(checkpoint: pathlib.Path) -> None:
+    """Writes the size and CRC-32 of every file of a saved checkpoint beside them."""
+    files = {str(p.relative_to(checkpoint)): [p.stat().st_size, zlib.crc32(p.read_bytes())]
+             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != _FILES}
+    _write_atomic(checkpoint / _FILES, json.dumps(files))
+
+
+def _damage(checkpoint: pathlib.Path) -> str | None:
+    """What differs from the files `_record_files` saw, or None (also without a record).
+
+    Checked before orbax reads the checkpoint: a read that fails inside
+    orbax leaves a trail of asynchronous errors on stderr.
+    """
+    record = checkpoint / _FILES
+    if not record.exists():
+        return None
+    for name, (size, crc) in json.loads(record.read_text()).items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"its file {name} is missing"
+        if path.stat().st_size != size:
+            return f"its file {name} has {path.stat().st_size} bytes, {size} were written"
+        if zlib.crc32(path.read_bytes()) != crc:
+            return f"its file {name} differs from the one written (CRC-32)"
+    return None
+
+
+def _drop_failed_reads() -> None:
+    """Collects orbax's abandoned read tasks without asyncio logging each one's traceback.
+
+    A failed restore leaves its other reads' futures unretrieved; their
+    errors repeat the one reported, so they are dropped here.
+    """
+    log = logging.getLogger("asyncio")
+    level, log.level = log.level, logging.CRITICAL + 1
+    try:
+        gc.collect()
+    finally:
+        log.setLevel(level)
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _set_aside(workdir: pathlib.Path, step: int) -> None:
+    """Moves checkpoint ``step`` out of the manager's directory, keeping it for a look."""
+    aside = workdir / "damaged_checkpoints" / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.parent.mkdir(exist_ok=True)
+    shutil.move(workdir / "checkpoints" / str(step), aside)
 
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
@@ -374,7 +511,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         eval_transform: Callable[[TrainState], TrainState] | None = None,
         devices=None, progress: bool = True, config: Mapping | None = None,
         variables: Mapping | None = None, start_step: int = 0,
-        snapshot_steps: Iterable[int] = (),
+        snapshot_steps: Iterable[int] = (), on_nonfinite: str = "stop",
         ) -> FitResult:
     """Trains ``model`` on ``dataset`` with ``tx`` for ``epochs`` epochs.
 
@@ -426,14 +563,40 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             a copy of the state is kept in ``FitResult.snapshots`` (step 0:
             the initial state); with ``workdir`` also saved under
             ``snapshots/<step>`` and restored when the run resumes.
+        on_nonfinite: ``"stop"`` (default): a non-finite training loss or
+            non-finite parameters after an epoch raise `DivergenceError`
+            naming the epoch and the first bad step, before that epoch is
+            checkpointed, so the workdir keeps its last finite checkpoint.
+            ``"continue"``: train on (a warning is issued once; non-finite
+            numbers are written as ``null``); the last finite checkpoint is
+            copied to ``workdir/last_finite_checkpoint/`` before the first
+            non-finite one is saved.
+
+    A ``workdir`` that holds checkpoints is resumed only by the same run:
+    `run_fingerprint` (model, method, optimizer, initial state, data, seed,
+    batch size, ...) is stored in ``fingerprint.json`` and a difference
+    raises, with or without ``config``; so does an ``epochs`` budget below
+    the epochs the workdir has already trained. A damaged newest checkpoint
+    is set aside (with a warning) and the run resumes from the newest one
+    that restores.
 
     Returns:
         A `FitResult` with the final state, the summary dict, the per-epoch
         history, the per-step training losses of this call and the snapshots.
+
+    Raises:
+        ValueError: invalid arguments; a model whose output width does not
+            fit the data set's classes, or labels outside them; a workdir
+            that holds another run, or more epochs than ``epochs``.
+        DivergenceError: with ``on_nonfinite="stop"``, training diverged.
     """
-    if epochs < 0 or batch_size < 1 or checkpoint_every < 1:
-        raise ValueError(f"need epochs >= 0, batch_size >= 1 and checkpoint_every >= 1; "
-                         f"got {epochs}, {batch_size}, {checkpoint_every}")
+    epochs = check_int(epochs, "epochs", minimum=0)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1)
+    eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
+    check_int(seed, "seed")
+    check_choice(on_nonfinite, ("stop", "continue"), "on_nonfinite")
+    _check_labels(dataset)
     reparam = reparam or dense()
     mesh = data_mesh(devices)
     num_devices = mesh.devices.size
@@ -458,6 +621,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     init_key, train_key, eval_key = _fit_keys(seed)
     state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key,
                                  variables=variables, step=start_step))
+    _check_output_width(model, reparam, state, dataset)
     train_x, train_y = to_device((dataset.train.x, dataset.train.y))
     chunk = -(-eval_batch_size // num_devices) * num_devices
     eval_splits = {name: to_device(data_lib.pad_to_chunks(split, chunk))
@@ -490,8 +654,18 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             # Synchronous: once `save` returns, a killed run can resume from it.
             options=ocp.CheckpointManagerOptions(max_to_keep=2,
                                                  enable_async_checkpointing=False))
-        if manager.latest_step() is not None:
-            state, prog = _restore(manager, state)
+        resuming = bool(manager.all_steps())
+        _check_fingerprint(workdir, run_fingerprint(
+            model, reparam, dataset, state, seed=seed, batch_size=batch_size,
+            drop_remainder=drop_remainder, augmentation=dataclasses.astuple(augmentation),
+            start_step=start_step, eval_transform=getattr(eval_transform, "__name__", None)),
+            resuming)
+        if resuming:
+            state, prog = _restore(manager, state, workdir)
+            if int(prog.epoch) > epochs:
+                raise ValueError(f"{workdir} holds a run trained for {int(prog.epoch)} "
+                                 f"epochs, more than epochs={epochs}: pass epochs >= "
+                                 f"{int(prog.epoch)} to resume it, or use a new workdir")
             history = [r for r in _history(workdir) if r["epoch"] <= int(prog.epoch)]
             snapshots = {k: _load_snapshot(workdir, k, state)
                          for k in snapshot_steps if k <= int(state.step)}
@@ -503,7 +677,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             if workdir is not None:
                 _save_snapshot(workdir, k, snapshots[k])
 
-    step_losses, checkpoint_seconds = [], 0.0
+    step_losses, checkpoint_seconds, diverged = [], 0.0, False
     start_epoch = int(prog.epoch)
     start_time = time.perf_counter() - float(prog.wall_seconds)
     # Compile ahead, so that epoch times measure training alone.
@@ -524,11 +698,26 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         for a, b in zip([begin, *cuts], [*cuts, None]):
             state, *out = epoch_fn(a, b)(state, train_x, train_y,
                                          jax.random.fold_in(train_key, epoch))
-            parts.append(jax.device_get(out))
+            parts.append([np.atleast_1d(a) for a in jax.device_get(out)])
             if b is not None:
                 take_snapshot(state)
-        losses, accs, sizes = (np.concatenate(a) for a in zip(*parts))
+        losses, accs, sizes, finite = (np.concatenate(a) for a in zip(*parts))
+        problem = find_nonfinite(losses, bool(finite.all()), int(state.step), epoch + 1, begin)
         train_seconds = time.perf_counter() - epoch_start
+        if problem is not None:
+            if on_nonfinite == "stop":
+                raise DivergenceError(
+                    f"training diverged: {problem[0]}. "
+                    + (f"{workdir} keeps its last finite checkpoint (epoch "
+                       f"{manager.latest_step()}). " if manager and manager.latest_step()
+                       else "")
+                    + "Lower the learning rate, or pass on_nonfinite='continue' to train "
+                    "on regardless.", epoch + 1, problem[1])
+            if not diverged:
+                warnings.warn(f"training diverged: {problem[0]}; continuing as "
+                              "on_nonfinite='continue' asks", stacklevel=2)
+                _keep_last_finite(manager, workdir)
+            diverged = True
         step_losses.append(losses)
         record = {"epoch": epoch + 1, "step": int(state.step),
                   "train_loss": float(np.average(losses, weights=sizes)),
@@ -550,12 +739,13 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         bar.set_postfix({"loss": f"{record['train_loss']:.4f}",
                          shown: f"{record.get(shown + '_accuracy', float('nan')):.4f}"})
         if workdir is not None:
-            with open(workdir / "metrics.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in history)
+            _write_atomic(workdir / "metrics.jsonl", "".join(
+                json.dumps(_finite_json(r), allow_nan=False) + "\n" for r in history))
             if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
                 save_start = time.perf_counter()
                 manager.save(epoch + 1, args=ocp.args.StandardSave(
                     {"state": state, "progress": prog}))
+                _record_files(workdir / "checkpoints" / str(epoch + 1))
                 checkpoint_seconds += time.perf_counter() - save_start
     bar.close()
     take_snapshot(state)
@@ -568,13 +758,81 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     summary["checkpoint_seconds"] = checkpoint_seconds  # of this call's saves
     summary["start_step"] = start_step
     if workdir is not None:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _write_atomic(workdir / "summary.json",
+                      json.dumps(_finite_json(summary), indent=2, allow_nan=False) + "\n")
     losses = np.concatenate(step_losses) if step_losses else np.zeros((0,), np.float32)
     return FitResult(state, summary, history, losses, snapshots)
 
 
+def find_nonfinite(losses: np.ndarray, finite: bool, step: int, epoch: int,
+                   begin: int = 0) -> tuple[str, int] | None:
+    """``(what happened, global step)`` if an epoch's training went non-finite, else None.
+
+    `fit`'s divergence check after every epoch, on what the jitted epoch
+    returns anyway (no host round trip per step, no extra dispatch):
+    ``losses``, its per-step losses on the host, and ``finite``, whether
+    the parameters after it are finite (`all_finite`, computed inside the
+    epoch). ``step`` is the global step after the epoch, ``epoch`` its
+    number (1-based) and ``begin`` the batch it started at.
+    """
+    first_step = step - len(losses)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        i = int(bad[0])
+        return (f"the training loss became {losses[i]} at step {first_step + i + 1} "
+                f"(epoch {epoch}, batch {begin + i + 1})", first_step + i + 1)
+    if not finite:
+        return (f"the parameters became non-finite in epoch {epoch} (by step {step}), "
+                "while every loss was finite", step)
+    return None
+
+
+def _keep_last_finite(manager: ocp.CheckpointManager | None, workdir) -> None:
+    """Copies the newest checkpoint to ``last_finite_checkpoint/`` (once per workdir)."""
+    if manager is None or manager.latest_step() is None:
+        return
+    target = workdir / "last_finite_checkpoint"
+    if not target.exists():
+        shutil.copytree(workdir / "checkpoints" / str(manager.latest_step()),
+                        target / str(manager.latest_step()))
+
+
+def _check_labels(dataset: data_lib.Dataset) -> None:
+    """Every label of every split in ``[0, dataset.num_classes)``, else ValueError."""
+    for name in ("train", "val", "test"):
+        y = np.asarray(getattr(dataset, name).y)
+        bad = np.flatnonzero((y < 0) | (y >= dataset.num_classes))
+        if bad.size:
+            raise ValueError(
+                f"data set {dataset.name!r}: the {name} split has label {y[bad[0]]} at "
+                f"index {bad[0]}, outside its num_classes={dataset.num_classes} classes")
+
+
+def _check_output_width(model, reparam: Reparam, state: TrainState,
+                        dataset: data_lib.Dataset) -> None:
+    """The model's logits must be ``(batch, classes)`` with a class per label."""
+    x = jax.ShapeDtypeStruct((1, *dataset.input_shape), jnp.float32)
+    logits, _ = jax.eval_shape(
+        lambda s, x: _logits(model, reparam, (s.trainable, s.frozen, s.model_state), x,
+                             jax.random.key(0), train=False), state, x)
+    if logits.ndim != 2:
+        raise ValueError(f"the model must return logits of shape (batch, classes); it "
+                         f"returns shape {logits.shape} for a batch of 1")
+    width = logits.shape[-1]
+    if width < dataset.num_classes:
+        raise ValueError(
+            f"the model outputs {width} logits but data set {dataset.name!r} has "
+            f"{dataset.num_classes} classes: build it with num_classes="
+            f"{dataset.num_classes}")
+    if width > dataset.num_classes:
+        warnings.warn(f"the model outputs {width} logits for data set {dataset.name!r} "
+                      f"of {dataset.num_classes} classes: {width - dataset.num_classes} "
+                      "outputs can never be a label", stacklevel=3)
+
+
 def epoch_steps(num_train: int, batch_size: int, drop_remainder: bool = False) -> int:
     """Optimizer steps in one epoch of `fit` (the remainder batch counts as one)."""
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     full, rest = divmod(num_train, batch_size)
     return full + (1 if rest and not drop_remainder else 0)
 
@@ -635,6 +893,94 @@ def _summary(state: TrainState, prog: _Progress, history: list[dict], num_device
     }
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _describe(obj) -> str:
+    """``repr(obj)`` without memory addresses, which differ between processes."""
+    return _ADDRESS.sub("", repr(obj))
+
+
+def _short_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _shapes(tree: PyTree) -> dict[str, str]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): f"{leaf.dtype}{list(leaf.shape)}" for p, leaf in leaves}
+
+
+def _data_digest(dataset: data_lib.Dataset) -> str:
+    """SHA-256 of every label and of 64 evenly spaced training images."""
+    digest = hashlib.sha256()
+    for split in (dataset.train, dataset.val, dataset.test):
+        digest.update(np.ascontiguousarray(split.y).tobytes())
+    x = dataset.train.x
+    digest.update(np.ascontiguousarray(x[::max(1, len(x) // 64)]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _hyperparams(opt_state) -> dict[str, float]:
+    """The initial values of every `optax.inject_hyperparams` hyperparameter."""
+    has_hyperparams = lambda node: hasattr(node, "hyperparams")
+    found = {}
+    for node in jax.tree.leaves(opt_state, is_leaf=has_hyperparams):
+        if has_hyperparams(node):
+            found.update({k: float(v) for k, v in node.hyperparams.items()
+                          if np.ndim(v) == 0})
+    return found
+
+
+def run_fingerprint(model, reparam: Reparam, dataset: data_lib.Dataset, state: TrainState,
+                    **settings) -> dict:
+    """What identifies a run of `fit` beyond its epoch budget, as JSON-able values.
+
+    The model's description, the method (its ``spec``, else its functions'
+    names), the optimizer state's structure and initial hyperparameters, the
+    shapes and the SHA-256 of the initial state (which pins the seed, the
+    initial weights and any ``variables`` given), the data set (name, split
+    sizes, a digest of its labels and of some images) and ``settings`` (seed,
+    batch size, ...). `fit` stores it in ``workdir/fingerprint.json`` and
+    refuses to resume a workdir whose fingerprint differs.
+    """
+    method = reparam.spec or getattr(reparam.init, "__qualname__", _describe(reparam.init))
+    return {
+        **{k: _finite_json(_jsonable(v)) for k, v in settings.items()},
+        "model": _describe(model),
+        "method": json.loads(json.dumps(method, default=str)),
+        "optimizer_state": _short_digest(_describe(jax.tree.structure(state.opt_state))),
+        "optimizer_hyperparams": _finite_json(_hyperparams(state.opt_state)),
+        "state_shapes": _shapes({"trainable": state.trainable, "frozen": state.frozen,
+                                 "model_state": state.model_state}),
+        "initial_state_sha256": params_sha256(
+            {"trainable": state.trainable, "frozen": state.frozen,
+             "model_state": state.model_state}),
+        "data": {"name": dataset.name, "sizes": [len(s.y) for s in
+                                                 (dataset.train, dataset.val, dataset.test)],
+                 "input_shape": list(dataset.input_shape),
+                 "num_classes": dataset.num_classes, "digest": _data_digest(dataset)},
+    }
+
+
+def _check_fingerprint(workdir: pathlib.Path, fingerprint: dict, resuming: bool) -> None:
+    """Stores ``fingerprint``; refuses to resume a workdir that holds another run."""
+    path = workdir / "fingerprint.json"
+    if resuming and path.exists():
+        previous = json.loads(path.read_text())
+        differ = [k for k in sorted(set(previous) | set(fingerprint))
+                  if previous.get(k) != fingerprint.get(k)]
+        if differ:
+            shown = lambda v: (s if len(s := json.dumps(v)) <= 80 else s[:77] + "...")
+            details = "; ".join(f"{k}: was {shown(previous.get(k))}, now "
+                                f"{shown(fingerprint.get(k))}" for k in differ)
+            raise ValueError(f"{workdir} holds another run, which fit would resume: "
+                             f"{details}. Use a new workdir, or the run's own arguments.")
+    elif resuming:
+        warnings.warn(f"{workdir} has checkpoints but no fingerprint.json (written by an "
+                      "older randjax): resuming it unchecked", stacklevel=3)
+    _write_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+
 def _check_config(path: pathlib.Path, config: Mapping | None):
     """Stores ``config``; refuses to resume a workdir written by another config."""
     if config is None:
@@ -647,4 +993,4 @@ def _check_config(path: pathlib.Path, config: Mapping | None):
         if differ:
             raise ValueError(f"{path.parent} holds a run with a different config "
                              f"(keys {differ}); use a new --workdir or the same config")
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")

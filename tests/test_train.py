@@ -1,10 +1,13 @@
 """The training loop: accuracy, determinism, resumption, files, errors."""
 
+import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 import randjax
@@ -132,9 +135,14 @@ def test_batch_norm_statistics_are_trained(digits):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(batch_size=0), "batch_size >= 1"),
-    (dict(epochs=-1), "epochs >= 0"),
-    (dict(checkpoint_every=0), "checkpoint_every >= 1"),
+    (dict(batch_size=0), "batch_size must be a Python int >= 1"),
+    (dict(batch_size="64"), "batch_size must be a Python int"),
+    (dict(epochs=-1), "epochs must be a Python int >= 0"),
+    (dict(epochs=2.5), "epochs must be a Python int"),
+    (dict(checkpoint_every=0), "checkpoint_every must be a Python int >= 1"),
+    (dict(eval_batch_size=0), "eval_batch_size must be a Python int >= 1"),
+    (dict(seed=1.5), "seed must be a Python int"),
+    (dict(on_nonfinite="ignore"), "on_nonfinite must be one of"),
     (dict(batch_size=5000, drop_remainder=True), "exceeds the"),
 ])
 def test_bad_arguments(digits, kwargs, message):
@@ -245,3 +253,165 @@ def test_bad_step_arguments(digits, kwargs, message):
     with pytest.raises(ValueError, match=message):
         randjax.fit(small_mlp(), digits, adam(), epochs=1, batch_size=64, progress=False,
                     **kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# Reliability: reused workdirs, divergence, labels, damaged checkpoints
+# --------------------------------------------------------------------------- #
+
+def strict_json(text):
+    """json.loads that refuses NaN and Infinity, as a strict JSON reader does."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(seed=1), "seed"),
+    (dict(tx=optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)),
+     "optimizer_hyperparams"),
+    (dict(tx=optax.sgd(1e-2)), "optimizer_state"),
+    (dict(model=models.get("lenet300_100", width=0.5)), "state_shapes"),
+    (dict(batch_size=32), "batch_size"),
+    (dict(reparam=randjax.edge_popup(0.5)), "method"),
+])
+def test_a_workdir_resumes_only_its_own_run(digits, tmp_path, change, named):
+    args = dict(model=small_mlp(), dataset=digits, tx=adam(), epochs=1, batch_size=64,
+                workdir=tmp_path, progress=False)
+    randjax.fit(**args)
+    with pytest.raises(ValueError, match=f"holds another run.*{named}: was"):
+        randjax.fit(**args | change | dict(epochs=2))
+
+
+def test_a_workdir_of_other_data_or_a_longer_run_is_refused(digits, tmp_path):
+    args = dict(epochs=2, batch_size=64, workdir=tmp_path, progress=False)
+    randjax.fit(small_mlp(), digits, adam(), **args)
+    fewer = dataclasses.replace(digits, train=data.Split(digits.train.x[:-1],
+                                                         digits.train.y[:-1]))
+    with pytest.raises(ValueError, match="holds another run.*data: was"):
+        randjax.fit(small_mlp(), fewer, adam(), **args)
+    with pytest.raises(ValueError, match="trained for 2 epochs, more than epochs=1"):
+        randjax.fit(small_mlp(), digits, adam(), **args | dict(epochs=1))
+    again = randjax.fit(small_mlp(), digits, adam(), **args)  # the same run resumes
+    assert again.summary["epochs"] == 2
+
+
+def lr_schedule_tx(rates):
+    """SGD whose learning rate at step k is rates(k) (jnp arithmetic)."""
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=rates)
+
+
+def test_a_nan_learning_rate_stops_at_the_first_step(digits, tmp_path):
+    with pytest.raises(train.DivergenceError, match=r"loss became nan at step 2 \(epoch 1, "
+                       r"batch 2\)") as caught:
+        randjax.fit(small_mlp(), digits, optax.sgd(float("nan")), epochs=2, batch_size=64,
+                    workdir=tmp_path, progress=False)
+    assert (caught.value.epoch, caught.value.step) == (1, 2)
+    assert not (tmp_path / "checkpoints").exists() or not any(
+        (tmp_path / "checkpoints").iterdir())
+
+
+def test_a_late_divergence_keeps_the_finite_checkpoints(digits, tmp_path):
+    per_epoch = train.epoch_steps(len(digits.train.y), 64)
+    bad_from = 2 * per_epoch + 3   # the update of step 2 * per_epoch + 4 is infinite
+    tx = lr_schedule_tx(lambda k: jnp.where(k >= bad_from, jnp.inf, 0.05))
+    with pytest.raises(train.DivergenceError, match="epoch 3.*keeps its last finite "
+                       r"checkpoint \(epoch 2\)") as caught:
+        randjax.fit(small_mlp(), digits, tx, epochs=4, batch_size=64, workdir=tmp_path,
+                    progress=False)
+    assert caught.value.epoch == 3
+    assert caught.value.step in (bad_from + 1, bad_from + 2)
+    manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+    assert sorted(manager.all_steps()) == [1, 2]
+    records = [strict_json(line) for line in
+               (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    # Resuming it restarts from the finite epoch 2 and diverges at the same step.
+    with pytest.raises(train.DivergenceError) as again:
+        randjax.fit(small_mlp(), digits, tx, epochs=4, batch_size=64, workdir=tmp_path,
+                    progress=False)
+    assert again.value.step == caught.value.step
+
+
+def test_non_finite_parameters_with_finite_losses_are_caught(digits):
+    per_epoch = train.epoch_steps(len(digits.train.y), 64)
+    # Only the last update of epoch 1 is infinite: every loss of epoch 1 is finite.
+    tx = lr_schedule_tx(lambda k: jnp.where(k == per_epoch - 1, jnp.inf, 0.05))
+    with pytest.raises(train.DivergenceError, match="parameters became non-finite in "
+                       f"epoch 1 \\(by step {per_epoch}\\)"):
+        randjax.fit(small_mlp(), digits, tx, epochs=2, batch_size=64, progress=False)
+
+
+def test_on_nonfinite_continue_trains_on_and_writes_valid_json(digits, tmp_path):
+    per_epoch = train.epoch_steps(len(digits.train.y), 64)
+    tx = lr_schedule_tx(lambda k: jnp.where(k >= per_epoch + 2, jnp.inf, 0.05))
+    with pytest.warns(UserWarning, match="training diverged.*continuing"):
+        result = randjax.fit(small_mlp(), digits, tx, epochs=3, batch_size=64,
+                             workdir=tmp_path, progress=False, on_nonfinite="continue")
+    assert result.summary["epochs"] == 3
+    assert not np.isfinite(result.history[-1]["train_loss"])
+    records = [strict_json(line) for line in
+               (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["train_loss"] is not None and records[-1]["train_loss"] is None
+    summary = strict_json((tmp_path / "summary.json").read_text())
+    assert summary["final_train_loss"] is None
+    kept = tmp_path / "last_finite_checkpoint" / "1"
+    assert kept.is_dir()
+    restored = ocp.StandardCheckpointer().restore(kept / "default")
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(restored["state"]))
+
+
+def test_the_model_must_output_a_logit_per_class(digits):
+    five = models.get("lenet300_100", width=0.25, num_classes=5)
+    with pytest.raises(ValueError, match="outputs 5 logits but data set 'digits' has 10 "
+                       "classes: build it with num_classes=10"):
+        randjax.fit(five, digits, adam(), epochs=1, batch_size=64, progress=False)
+    wide = models.get("lenet300_100", width=0.25, num_classes=12)
+    with pytest.warns(UserWarning, match="outputs 12 logits .* 2 outputs can never"):
+        randjax.fit(wide, digits, adam(), epochs=0, batch_size=64, progress=False)
+
+
+def test_labels_outside_the_classes_are_refused(digits):
+    y = digits.test.y.copy()
+    y[7] = 10
+    bad = dataclasses.replace(digits, test=data.Split(digits.test.x, y))
+    with pytest.raises(ValueError, match="test split has label 10 at index 7, outside its "
+                       "num_classes=10"):
+        randjax.fit(small_mlp(), bad, adam(), epochs=1, batch_size=64, progress=False)
+
+
+def damage(checkpoint):
+    """Truncates every array file of an orbax checkpoint to half its size."""
+    files = [p for p in checkpoint.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(digits, tmp_path,
+                                                                     recorded):
+    # recorded=False: without fit's record of the files, orbax finds the damage.
+    args = dict(batch_size=64, progress=False)
+    randjax.fit(small_mlp(), digits, adam(), epochs=2, workdir=tmp_path / "run", **args)
+    damage(tmp_path / "run" / "checkpoints" / "2")
+    if not recorded:
+        (tmp_path / "run" / "checkpoints" / "2" / "randjax_files.json").unlink()
+    with pytest.warns(UserWarning, match="skipped the damaged checkpoint 2 of .*run "
+                      r"\(moved to damaged_checkpoints/\): \w+"):
+        resumed = randjax.fit(small_mlp(), digits, adam(), epochs=3,
+                              workdir=tmp_path / "run", **args)
+    straight = randjax.fit(small_mlp(), digits, adam(), epochs=3, **args)
+    assert resumed.summary["params_sha256"] == straight.summary["params_sha256"]
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert len(list((tmp_path / "run" / "damaged_checkpoints").iterdir())) == 1
+
+
+def test_no_restorable_checkpoint_is_one_clear_error(digits, tmp_path):
+    args = dict(batch_size=64, progress=False, workdir=tmp_path)
+    randjax.fit(small_mlp(), digits, adam(), epochs=2, **args)
+    for step in ("1", "2"):
+        damage(tmp_path / "checkpoints" / step)
+    with pytest.raises(ValueError, match=r"no checkpoint of .* restores: step 2: \w+.*; "
+                       r"step 1: \w+"):
+        randjax.fit(small_mlp(), digits, adam(), epochs=3, **args)

@@ -196,11 +196,14 @@ def test_plot_writes_curves(tmp_path):
         plot.read_metrics(tmp_path / "nothing")
 
 
-def test_cli_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path, run_module):
+@pytest.mark.parametrize("method", ["dense", "edge_popup", "laperm"])
+def test_cli_killed_with_sigkill_resumes_to_the_same_parameters(tmp_path, run_module, method):
+    # Dense; a method with frozen trees; an optimizer with a projection state.
     import signal
     import time
-    args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/dense.py",
-            "--config.model=lenet300_100", "--config.epochs=12", "--config.batch_size=32"]
+    args = [sys.executable, "-m", "experiments.train",
+            f"--config=experiments/configs/{method}.py", "--config.model=lenet300_100",
+            "--config.epochs=12", "--config.batch_size=32"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(args + [f"--workdir={killed}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
