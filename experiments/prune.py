@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -183,6 +184,7 @@ class Pruner:
         self.progress = progress
         self.mask_record = {}  # criterion="tom": the mask training, in the next round's record
         self.final: Round | None = None  # the last round, once `run` has trained it
+        train_lib.check_config(config)
         self.dataset = train_lib.load_dataset(config)
         self.model = train_lib.make_model(config, self.dataset.num_classes)
         self.steps_per_epoch = train_lib.epoch_length(config, len(self.dataset.train.y))
@@ -518,7 +520,11 @@ def main(argv):
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
     use_compilation_cache(pathlib.Path(FLAGS.workdir) / "xla_cache")
-    summary = run(FLAGS.config, FLAGS.workdir)
+    try:
+        summary = run(FLAGS.config, FLAGS.workdir)
+    except randjax.train.DivergenceError as error:
+        sys.stderr.write(f"FATAL {type(error).__name__}: {error}\n")
+        sys.exit(1)
     for record in read_rounds(FLAGS.workdir):
         print(f"round {record['round']:2d}  density {record['density']:.4f}  "
               f"test {record['test_accuracy']:.4f}  steps {record['steps']}  "
@@ -535,4 +541,4 @@ def _define_flags():
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=train_lib.parse_flags)

@@ -56,6 +56,8 @@ DATA_DIR_ENV = "RANDJAX_DATA_DIR"
 SYSTEM_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 #: Debian packages providing the directories above.
 SYSTEM_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+#: Class counts of the data sets `load` knows by name (from IDX files too).
+KNOWN_CLASSES = {"digits": 10, "fashion_mnist": 10, "mnist": 10}
 NORMALIZATIONS = ("standardize", "unit")
 
 # IDX dtype codes (big-endian on disk).
@@ -115,6 +117,20 @@ class Dataset:
 
 class DatasetNotFoundError(FileNotFoundError):
     """The data set is in none of the places `load` looks."""
+
+
+class _Raw(NamedTuple):
+    """Unnormalised train and test splits as read, before any check.
+
+    ``num_classes`` is the source's own count (tfds ``dataset_info``) or
+    None; ``sources`` name where the train and test labels come from (file
+    paths, ``tfds <name> train``, ...), for error messages.
+    """
+
+    train: Split
+    test: Split
+    num_classes: int | None
+    sources: tuple[str, str]
 
 
 # --------------------------------------------------------------------------- IDX
@@ -203,7 +219,7 @@ def _idx_paths(directory: str) -> dict[str, str] | None:
     return paths
 
 
-def _load_idx_dir(paths: dict[str, str]) -> tuple[Split, Split, int | None]:
+def _load_idx_dir(paths: dict[str, str]) -> _Raw:
     """Reads the four IDX files into ([0, 1] float32 NHWC, int) train/test splits."""
     arrays = {key: read_idx(p) for key, p in paths.items()}
     splits = []
@@ -215,13 +231,13 @@ def _load_idx_dir(paths: dict[str, str]) -> tuple[Split, Split, int | None]:
                 f"labels (N,), got {x.shape} and {y.shape}"
             )
         splits.append(Split(_to_unit(x, paths["x_" + part]), y))
-    return splits[0], splits[1], None
+    return _Raw(splits[0], splits[1], None, (paths["y_train"], paths["y_test"]))
 
 
 # -------------------------------------------------------------------------- tfds
 
 
-def _load_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, int | None] | str:
+def _load_tfds(name: str, data_dir: str | None) -> _Raw | str:
     """Reads a prepared tfds data set; returns a reason string when it is not there."""
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -248,13 +264,13 @@ def _load_tfds(name: str, data_dir: str | None) -> tuple[Split, Split, int | Non
         num_classes = int(sources[0].dataset_info.features["label"].num_classes)
     except (AttributeError, KeyError, TypeError):
         num_classes = None
-    return splits[0], splits[1], num_classes
+    return _Raw(splits[0], splits[1], num_classes, (f"tfds {name} train", f"tfds {name} test"))
 
 
 # ------------------------------------------------------------------------ digits
 
 
-def _load_digits() -> tuple[Split, Split, int]:
+def _load_digits() -> _Raw:
     """scikit-learn's 8x8 digits with a fixed, seed-independent 20% test split."""
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
 
@@ -264,7 +280,8 @@ def _load_digits() -> tuple[Split, Split, int]:
     perm = np.random.default_rng(0).permutation(len(y))
     n_test = round(0.2 * len(y))
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    return Split(x[train], y[train]), Split(x[test], y[test]), 10
+    return _Raw(Split(x[train], y[train]), Split(x[test], y[test]), 10,
+                ("digits train", "digits test"))
 
 
 # ----------------------------------------------------------------------- helpers
@@ -314,7 +331,7 @@ def _not_found(name: str, looked: list[str]) -> DatasetNotFoundError:
     )
 
 
-def _find_raw(name: str, data_dir: str | None) -> tuple[Split, Split, int | None]:
+def _find_raw(name: str, data_dir: str | None) -> _Raw:
     """Unnormalised ([0, 1]) train and test splits of ``name`` from the first source found."""
     if name == "digits":
         return _load_digits()
@@ -344,18 +361,62 @@ def _carve_validation(train: Split, val_fraction: float, seed: int) -> tuple[Spl
     return Split(train.x[train_idx], train.y[train_idx]), Split(train.x[val_idx], train.y[val_idx])
 
 
-def _check_labels(name: str, splits: list[Split],
-                  num_classes: int | None) -> tuple[list[Split], int]:
-    """int32 labels, checked to lie in [0, num_classes); infers num_classes if None."""
-    ys = [s.y for s in splits if len(s.y)]
-    if not all(np.issubdtype(y.dtype, np.integer) for y in ys):
-        raise ValueError(f"{name}: labels must be integers, got {[y.dtype for y in ys]}")
-    lo, hi = min(int(y.min()) for y in ys), max(int(y.max()) for y in ys)
-    if num_classes is None:
-        num_classes = hi + 1
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"{name}: labels span [{lo}, {hi}], outside [0, {num_classes})")
-    return [Split(s.x, s.y.astype(np.int32)) for s in splits], num_classes
+def _expected_classes(name: str, raw: _Raw, num_classes: int | None) -> tuple[int | None, str]:
+    """The class count the labels must fit, and where it comes from (None: infer it)."""
+    if num_classes is not None:
+        return num_classes, f"num_classes={num_classes} was given"
+    if raw.num_classes is not None:
+        return raw.num_classes, (f"the data set's own info says {raw.num_classes} classes; "
+                                 "pass num_classes= to override")
+    if name in KNOWN_CLASSES:
+        return KNOWN_CLASSES[name], (f"{name} has {KNOWN_CLASSES[name]} classes; pass "
+                                     "num_classes= to override")
+    return None, ""
+
+
+def _class_gaps(present: np.ndarray, top: int, limit: int = 3) -> str:
+    """The first ``limit`` runs of ``[0, top]`` missing from the sorted ``present``."""
+    edges = np.concatenate([[-1], present[(present >= 0) & (present <= top)], [top + 1]])
+    starts = np.flatnonzero(np.diff(edges) > 1)
+    runs = [(int(edges[i]) + 1, int(edges[i + 1]) - 1) for i in starts[:limit]]
+    text = ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+    return text + (", ..." if len(starts) > limit else "")
+
+
+def _check_labels(name: str, raw: _Raw, num_classes: int | None) -> int:
+    """The class count of ``raw``'s labels; ValueError naming their file and first bad index.
+
+    With a known count (given, from the source or `KNOWN_CLASSES`) every label
+    must lie in ``[0, count)``. Otherwise the count is the largest label + 1,
+    and every class below it must occur in the training labels: one stray
+    label (250 among 0..9) would otherwise make a 251-class data set.
+    """
+    labeled = [(raw.train.y, raw.sources[0]), (raw.test.y, raw.sources[1])]
+    for y, source in labeled:
+        if len(y) and not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{source}: labels must be integers, got {y.dtype}")
+    labeled = [(y, source) for y, source in labeled if len(y)]
+    if not labeled:
+        raise ValueError(f"{name}: neither split holds a label")
+    expected, why = _expected_classes(name, raw, num_classes)
+    for y, source in labeled:
+        bad = np.flatnonzero((y < 0) | (y >= (expected or np.inf)))
+        if bad.size:
+            bound = f"[0, {expected})" if expected else "[0, inf)"
+            raise ValueError(f"{source}: label {y[bad[0]]} at index {bad[0]} is outside "
+                             f"{bound}{f' ({why})' if why else ''}")
+    if expected is not None:
+        return expected
+    top = max(int(y.max()) for y, _ in labeled)
+    present = np.unique(raw.train.y)
+    if present.size < top + 1:
+        y, source = next((y, s) for y, s in labeled if (y == top).any())
+        train = "" if source == raw.sources[0] else f" ({raw.sources[0]})"
+        raise ValueError(
+            f"{source}: label {top} at index {int(np.argmax(y == top))} makes {top + 1} "
+            f"classes, but the training labels{train} hold no {_class_gaps(present, top)}; "
+            f"pass num_classes={top + 1} to accept them")
+    return top + 1
 
 
 def _channel_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -374,6 +435,34 @@ def _standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray
     return x
 
 
+def _check_data_dir(data_dir) -> str | None:
+    """``data_dir`` as a string, or None; ValueError unless an existing directory."""
+    if data_dir is None:
+        return None
+    if not isinstance(data_dir, str | os.PathLike):
+        raise ValueError(f"data_dir must be None or a directory path, got {data_dir!r}")
+    data_dir = os.fspath(data_dir)
+    if not os.path.isdir(data_dir):
+        state = "is not a directory" if os.path.exists(data_dir) else "does not exist"
+        raise ValueError(
+            f"data_dir {data_dir!r} {state} (load looks nowhere else when data_dir is "
+            f"wrong: not in ${DATA_DIR_ENV}, nor in the system directories)")
+    return data_dir
+
+
+def _check_arguments(name, data_dir, val_fraction, seed, normalize, num_classes):
+    """`load`'s argument checks, before anything is read."""
+    if not isinstance(name, str | os.PathLike):
+        raise ValueError(f"name must be a data set name or a directory path, got {name!r}")
+    tree.check_choice(normalize, NORMALIZATIONS, "normalize")
+    if tree.check_real(val_fraction, "val_fraction", low=0.0) >= 1:
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    tree.check_int(seed, "seed", minimum=0)
+    if num_classes is not None:
+        tree.check_int(num_classes, "num_classes", minimum=1)
+    return _check_data_dir(data_dir)
+
+
 def load(
     name: str,
     *,
@@ -381,6 +470,7 @@ def load(
     val_fraction: float = 0.1,
     seed: int = 0,
     normalize: str = "standardize",
+    num_classes: int | None = None,
 ) -> Dataset:
     """Loads an image classification data set into memory.
 
@@ -388,31 +478,41 @@ def load(
         name: ``"digits"``, ``"fashion_mnist"``, ``"mnist"``, a directory of
             MNIST-layout IDX files, or the name of a prepared tfds data set.
         data_dir: directory searched first for IDX files (``data_dir/<name>``,
-            then ``data_dir``) and used as the tfds data directory.
+            then ``data_dir``) and used as the tfds data directory; it must
+            exist (a wrong one is an error, not a fall-back to the other
+            places).
         val_fraction: fraction of the training split moved to validation, in
             ``[0, 1)``; ``0`` gives an empty validation split.
         seed: seed of the validation carve-out permutation.
         normalize: ``"standardize"`` (scale to [0, 1], then per-channel zero mean
             and unit std with training-split statistics) or ``"unit"`` ([0, 1]).
+        num_classes: the number of classes; every label must lie in
+            ``[0, num_classes)``. None takes it from the source (tfds), from
+            the name (`KNOWN_CLASSES`: 10 for digits, mnist, fashion_mnist)
+            or, for other IDX data, as the largest label + 1, refusing labels
+            that leave a class below it without a training example.
 
     Returns:
         A `Dataset` with float32 NHWC images and int32 labels.
 
     Raises:
-        ValueError: on an invalid argument or malformed data.
+        ValueError: on an invalid argument (the message names it; a
+            ``data_dir`` that does not exist included) or malformed data: a
+            label outside the classes or a stray label (the message names the
+            labels' file, the index and the value).
         DatasetNotFoundError: when the data set is nowhere to be found; the
             message lists every place looked and how to obtain the data.
     """
-    tree.check_choice(normalize, NORMALIZATIONS, "normalize")
-    if tree.check_real(val_fraction, "val_fraction", low=0.0) >= 1:
-        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    data_dir = _check_arguments(name, data_dir, val_fraction, seed, normalize, num_classes)
     name = os.fspath(name)
-    train, test, num_classes = _find_raw(name, data_dir)
-    if train.x.shape[1:] != test.x.shape[1:]:
-        raise ValueError(f"{name}: train images {train.x.shape[1:]} != test images "
-                         f"{test.x.shape[1:]}")
-    train, val = _carve_validation(train, val_fraction, seed)
-    (train, val, test), num_classes = _check_labels(name, [train, val, test], num_classes)
+    raw = _find_raw(name, data_dir)
+    if raw.train.x.shape[1:] != raw.test.x.shape[1:]:
+        raise ValueError(f"{name}: train images {raw.train.x.shape[1:]} != test images "
+                         f"{raw.test.x.shape[1:]}")
+    num_classes = _check_labels(name, raw, num_classes)
+    as_int32 = lambda s: Split(s.x, s.y.astype(np.int32))
+    train, val = map(as_int32, _carve_validation(raw.train, val_fraction, seed))
+    test = as_int32(raw.test)
     channels = train.x.shape[-1]
     mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
     if normalize == "standardize":
@@ -439,10 +539,13 @@ def shuffle_batches(key: jax.Array, num_examples: int,
         ``(full, rest)``: int32 ``full`` of shape
         ``(num_examples // batch_size, batch_size)`` and the remaining indices
         ``rest`` of shape ``(num_examples % batch_size,)``.
+
+    Raises:
+        ValueError: ``num_examples`` not an int >= 0 or ``batch_size`` not an
+            int >= 1.
     """
-    if num_examples < 0 or batch_size < 1:
-        raise ValueError(f"need num_examples >= 0 and batch_size >= 1, got {num_examples}, "
-                         f"{batch_size}")
+    num_examples = tree.check_int(num_examples, "num_examples", minimum=0)
+    batch_size = tree.check_int(batch_size, "batch_size", minimum=1)
     perm = jax.random.permutation(key, num_examples).astype(jnp.int32)
     n_full = (num_examples // batch_size) * batch_size
     return perm[:n_full].reshape(-1, batch_size), perm[n_full:]
@@ -467,9 +570,12 @@ def augment(key: jax.Array, x: jax.Array, *, crop_padding: int = 0, flip: bool =
 
     Returns:
         The augmented batch, same shape and dtype as ``x``.
+
+    Raises:
+        ValueError: ``crop_padding`` not an int >= 0 or ``flip`` not a bool.
     """
-    if crop_padding < 0:
-        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    crop_padding = tree.check_int(crop_padding, "crop_padding", minimum=0)
+    flip = tree.check_bool(flip, "flip")
     x = jnp.asarray(x)
     n, h, w, c = x.shape
     crop_key, flip_key = jax.random.split(key)

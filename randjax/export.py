@@ -20,12 +20,21 @@ any other leaf as it is) to one ``.npz`` file; `load` reads any of these
 files, redraws the frozen values with the same jitted draw and rebuilds the
 effective parameters bitwise, so the logits are identical.
 
-File layout (compressed NumPy ``.npz``, no pickles): ``spec`` (UTF-8 JSON
-bytes: ``{"format", "spec": the method's spec, "leaves": [{"index", "path",
-"shape", "dtype", ...}]}``); per leaf ``i`` either ``value_i`` (stored as it
-is) or the codec's arrays ``<name>_i`` (e.g. ``key_i`` and ``mask_i``);
-arrays whose name has no ``_<index>`` suffix (e.g. ``init_key``) belong to
-the whole file.
+File layout (compressed NumPy ``.npz``, no pickles), format `FORMAT`
+(``"randjax.export/2"``): ``spec``, the header as UTF-8 JSON bytes,
+``{"format", "spec": the method's spec, "leaves": [{"index", "path", "shape",
+"dtype", ...}], "digest"}``; per leaf ``i`` either ``value_i`` (stored as it
+is) or the codec's arrays ``<name>_i`` (e.g. ``key_i`` and ``mask_i``); the
+codec's file-level arrays (`Codec.file_arrays`, e.g. LaPerm's ``init_key``)
+belong to the whole file. ``digest`` is the SHA-256 (hex) of the canonical
+JSON (sorted keys, no spaces) of the rest of the header, then of every other
+array in sorted name order (its name, dtype, shape and bytes), so `load`
+refuses a file changed after writing. It also checks every structural
+invariant (types, shapes, dtypes, array lengths, unique paths, registered
+names, permutations), so a hand-made file with a fresh digest cannot load as
+a silently different network either, and a digest mismatch names the first
+such fault it finds. Files of the first format, ``"randjax.export/1"`` (no
+digest), are refused: export the network again.
 
 References:
     Ramanujan et al., "What's Hidden in a Randomly Weighted Neural Network?",
@@ -40,9 +49,13 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -54,10 +67,16 @@ from randjax import tree
 from randjax.reparam import Reparam
 
 PyTree = Any
-FORMAT = "randjax.export/1"
+FORMAT = "randjax.export/2"
+_OLD_FORMATS = ("randjax.export/1",)
+# Header fields saying whether a leaf is stored in compact form (`save` writes
+# "masked", LaPerm's saver "permuted"); where present they must agree with the arrays.
+_FLAGS = ("masked", "permuted")
+_LEAF_ARRAY = re.compile(r"(.+)_(0|[1-9][0-9]*)")
 
-__all__ = ["FORMAT", "Codec", "ExportInfo", "codec_names", "flatten_with_paths",
-           "frozen_keys", "get_codec", "load", "register_codec", "save", "write"]
+__all__ = ["FORMAT", "Codec", "ExportInfo", "check_spec", "check_stored", "codec_names",
+           "flatten_with_paths", "frozen_keys", "get_codec", "key_data_shape", "load",
+           "path_str", "read_header", "register_codec", "save", "write"]
 
 
 class ExportInfo(NamedTuple):
@@ -92,10 +111,19 @@ class Codec(NamedTuple):
             order; ``key``: the key given to ``init``, or None; ``shape``:
             the effective leaf's). None where the method saves through a
             function of its own (LaPerm's ``save_permuted``).
+        file_arrays: names of the arrays that belong to the whole file, not
+            to one leaf (LaPerm's ``("init_key",)``); `load` requires them and
+            refuses any other array that no header leaf owns.
+
+    `load` checks the header and the arrays' ownership before ``decode``;
+    ``decode`` checks the spec's fields and ``rebuild`` a leaf's arrays
+    (`check_spec`, `check_stored`), raising ValueError naming the field or
+    array at fault.
     """
 
     decode: Callable[[dict, Mapping[str, np.ndarray]], Callable[[dict, dict], Any]]
     encode: Callable[[dict, list, jax.Array | None], list] | None = None
+    file_arrays: tuple[str, ...] = ()
 
 
 _CODECS: dict[str, Codec] = {}
@@ -154,6 +182,11 @@ def flatten_with_paths(params: PyTree) -> tuple[list[list], list]:
     return [[_path_entry(k) for k in p] for p, _ in leaves], [leaf for _, leaf in leaves]
 
 
+def path_str(path: list) -> str:
+    """A `flatten_with_paths` path as `jax.tree_util.keystr` writes it: ``['a'][0]``."""
+    return "".join(f"[{key!r}]" for _, key in path) or "(the whole tree)"
+
+
 def _unflatten(paths: list[list], leaves: list) -> Any:
     """Nested dicts and lists from `flatten_with_paths` paths."""
     root: dict = {}
@@ -186,16 +219,96 @@ def write(path: str | os.PathLike, spec: dict, leaves: list[dict],
     The container every codec writes through: ``leaves`` are the header
     entries (``index``, ``path``, ``shape``, ``dtype`` and the codec's own
     fields), ``num_params`` the parameter count the float32 size is
-    measured against.
+    measured against. The header's ``digest`` covers the header and every
+    array (see the module docstring); `load` verifies it.
     """
+    arrays = {name: np.asarray(a) for name, a in arrays.items()}
     header = {"format": FORMAT, "spec": spec, "leaves": leaves}
-    arrays["spec"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    header["digest"] = _digest(header, arrays)
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, spec=np.frombuffer(_canonical(header), np.uint8), **arrays)
     size = os.path.getsize(path)
     return ExportInfo(path, size, 4 * num_params, 4 * num_params / size)
+
+
+def _canonical(header: dict) -> bytes:
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(header: dict, arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of the header without its ``digest`` and of every array but ``spec``."""
+    digest = hashlib.sha256(_canonical({k: v for k, v in header.items() if k != "digest"}))
+    for name in sorted(arrays):
+        if name != "spec":
+            a = np.ascontiguousarray(arrays[name])
+            digest.update(f"\0{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
+            digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+def read_header(arrays: Mapping[str, np.ndarray]) -> dict:
+    """The JSON header of a file's arrays (its ``spec`` entry), for codecs.
+
+    `load` has verified it (digest and structure) before a codec's ``decode``
+    sees the arrays.
+
+    Raises:
+        ValueError: the ``spec`` entry is not UTF-8 JSON.
+    """
+    try:
+        return json.loads(np.asarray(arrays["spec"]).tobytes())
+    except ValueError:  # json.JSONDecodeError and UnicodeDecodeError
+        raise ValueError("not a randjax export: its 'spec' entry is not UTF-8 JSON") from None
+
+
+def key_data_shape() -> tuple[int, ...]:
+    """The shape of a default-implementation key's raw data (uint32): ``(2,)`` for threefry."""
+    return jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+
+
+def check_spec(spec: dict, checks: Mapping[str, Callable[[Any], Any]]) -> None:
+    """Checks a file's spec fields for a codec's ``decode``: ``checks[name](spec[name])``.
+
+    Raises:
+        ValueError: a field is missing, or its check raised ValueError or
+            TypeError; the message names the field (``spec field 'k': ...``).
+    """
+    for name, check in checks.items():
+        if name not in spec:
+            raise ValueError(f"spec field {name!r} is missing")
+        try:
+            check(spec[name])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"spec field {name!r}: {error}") from None
+
+
+def check_stored(leaf: dict, stored: Mapping[str, np.ndarray],
+                 expected: Mapping[str, tuple[Any, tuple[int, ...]]]) -> None:
+    """Checks a leaf's arrays for a codec's ``rebuild``: exactly ``expected``'s names.
+
+    Args:
+        leaf: the leaf's header entry (its ``index`` names the arrays).
+        stored: the leaf's arrays, ``_<index>`` suffix removed.
+        expected: ``{name: (dtype, shape)}`` of every array the leaf needs.
+
+    Raises:
+        ValueError: an array is missing, unexpected, or of another dtype or
+            shape; the message names the file's array (``'mask_3'``).
+    """
+    index = leaf["index"]
+    for name in stored:
+        if name not in expected:
+            raise ValueError(f"unexpected array '{name}_{index}' (the leaf stores "
+                             f"{sorted(f'{n}_{index}' for n in expected)})")
+    for name, (dtype, shape) in expected.items():
+        if name not in stored:
+            raise ValueError(f"array '{name}_{index}' is missing")
+        a, dtype, shape = stored[name], np.dtype(dtype), tuple(shape)
+        if a.dtype != dtype or a.shape != shape:
+            raise ValueError(f"array '{name}_{index}' must be {dtype} of shape {shape}, "
+                             f"got {a.dtype} of shape {a.shape}")
 
 
 def frozen_keys(initializer: Callable, described: str, shapes: list, selected: list,
@@ -320,22 +433,19 @@ def save(path: str | os.PathLike, reparam: Reparam, trainable: PyTree,
     return write(path, spec, leaves, arrays, num_params)
 
 
-def _leaf_arrays(arrays: Mapping[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
-    suffix = f"_{index}"
-    return {name[:-len(suffix)]: a for name, a in arrays.items() if name.endswith(suffix)}
-
-
 def load(path: str | os.PathLike) -> PyTree:
     """Rebuilds the effective parameters that `save` (or a method's saver) exported.
 
-    The file's codec (`get_codec` of the method its spec names) rebuilds
-    every leaf stored in compact form: an edge-popup weight redrawn from its
-    key with the same jitted draw as ``reparam.apply`` and multiplied by its
-    unpacked mask; a Slot Machine's option of each unpacked index (its
-    greedy network); a LaPerm vector gathered from the redrawn initial
-    weights by its permutation. Other leaves come back as saved. The result
-    is bitwise ``reparam.apply(trainable, frozen, train=False)`` (for LaPerm:
-    the parameters saved).
+    The file is verified first: its digest (the header and every array
+    must be those written) and every structural invariant (see Raises).
+    The file's codec (`get_codec` of the method its spec names) then
+    rebuilds every leaf stored in compact form: an edge-popup weight
+    redrawn from its key with the same jitted draw as ``reparam.apply`` and
+    multiplied by its unpacked mask; a Slot Machine's option of each
+    unpacked index (its greedy network); a LaPerm vector gathered from the
+    redrawn initial weights by its permutation. Other leaves come back as
+    saved. The result is bitwise ``reparam.apply(trainable, frozen,
+    train=False)`` (for LaPerm: the parameters saved).
 
     Args:
         path: a file written by `save` or `randjax.methods.laperm.save_permuted`.
@@ -345,27 +455,275 @@ def load(path: str | os.PathLike) -> PyTree:
         paths of the original tree: feed them to the model's ``apply``.
 
     Raises:
-        ValueError: the file is not a randjax export, or of a method with no
-            registered codec; a permutation file's redrawn initial parameters
-            do not match it.
+        FileNotFoundError: no file at ``path`` (other errors of opening it,
+            e.g. a directory, pass as the OSError they are).
+        ValueError: the file cannot be loaded as the network written. The
+            message starts with the path and names the header field, spec
+            field, array or leaf at fault: an empty file; a file that is not
+            a zip (``.npz``) file (text, a ``.npy`` array); a truncated or
+            damaged zip file; a ``.npz`` file without a ``spec`` entry or
+            whose header is not a randjax export's; the old format
+            ``randjax.export/1`` (no digest: export the network again); a
+            digest mismatch (the header or an array changed, added or
+            removed after writing; the message adds the first structural
+            fault below it finds, if any); a header field of the wrong type
+            (``leaves[k]``'s ``index``, ``path``, ``shape``, ``dtype``,
+            ``masked`` or ``permuted``); duplicate indices or paths, or paths
+            that do not form one tree of dicts and lists; a method without a
+            codec or a spec field its codec cannot use (an unregistered
+            initializer name); an array no leaf owns, a missing array, or one
+            of the wrong dtype or shape (a truncated mask, a ``value_i`` that
+            is not the header's shape and dtype); out-of-range contents (slot
+            indices ``>= k``, a permutation with a repeated index, a Lehmer
+            code ``>= n!``, bits set in a packed array's padding); a LaPerm
+            file whose leaves are not its model's (paths, shapes, dtypes).
     """
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    name = os.fspath(path)
+    arrays = _read(name)
     try:
-        header = json.loads(arrays["spec"].tobytes())
-        if header["format"] != FORMAT:
-            raise KeyError("format")
-        spec = header["spec"]
-        codec = _CODECS[spec["method"]]
-    except (KeyError, ValueError, TypeError, AttributeError):
-        raise ValueError(f"{path} is not a randjax export ({FORMAT}) of a method in "
-                         f"{codec_names()}") from None
-    rebuild = codec.decode(spec, arrays)
-    leaves = []
-    for leaf in header["leaves"]:
-        i = leaf["index"]
-        if f"value_{i}" in arrays:
-            leaves.append(jnp.asarray(arrays[f"value_{i}"]))
-        else:
-            leaves.append(rebuild(leaf, _leaf_arrays(arrays, i)))
-    return _unflatten([leaf["path"] for leaf in header["leaves"]], leaves)
+        return _verified_params(arrays)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+_CHANGED = "digest mismatch: the file was modified or damaged after writing"
+
+
+def _verified_params(arrays: Mapping[str, np.ndarray]) -> PyTree:
+    """The rebuilt parameters; ValueError if the digest or a structural check fails."""
+    header = _verified_header(arrays)
+    intact = header["digest"] == _digest(header, arrays)
+    try:
+        codec, stored = _check_structure(header, arrays)
+        params = _rebuild(codec, header, arrays, stored)
+    except ValueError as error:
+        if intact:
+            raise
+        raise ValueError(f"{_CHANGED}; the first fault found: {error}") from None
+    if not intact:
+        raise ValueError(f"{_CHANGED} (its header and arrays are otherwise well-formed)")
+    return params
+
+
+# ---------------------------------------------------------------------------
+# Verifying a file: the container, the digest, the header's structure.
+
+_READ_ERRORS = (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError)
+
+
+def _read(name: str) -> dict[str, np.ndarray]:
+    """Every array of the file; ValueError if it is empty, not a zip or damaged."""
+    with open(name, "rb") as file:
+        magic = file.read(4)
+    if not magic:
+        raise ValueError(f"{name} is empty (0 bytes), not a randjax export")
+    if magic != b"PK\x03\x04":
+        what = "a .npy array" if magic == b"\x93NUM" else "not a zip (.npz) file"
+        raise ValueError(f"{name} is not a randjax export: it is {what}")
+    try:
+        data = np.load(name, allow_pickle=False)
+    except _READ_ERRORS as error:
+        raise ValueError(f"{name} is truncated or damaged: a zip file that cannot be "
+                         f"read ({error})") from None
+    with data:
+        if "spec" not in data.files:
+            raise ValueError(f"{name} is not a randjax export: a .npz file without a "
+                             f"'spec' entry (it has {data.files})")
+        return {entry: _read_entry(name, data, entry) for entry in data.files}
+
+
+def _read_entry(name: str, data, entry: str) -> np.ndarray:
+    try:
+        return data[entry]
+    except _READ_ERRORS as error:
+        raise ValueError(f"{name} is truncated or damaged: its array {entry!r} cannot "
+                         f"be read ({error})") from None
+
+
+def _verified_header(arrays: Mapping[str, np.ndarray]) -> dict:
+    header = read_header(arrays)
+    if not isinstance(header, dict) or "format" not in header:
+        raise ValueError("not a randjax export: its 'spec' entry is JSON without a "
+                         "'format' field")
+    if header["format"] in _OLD_FORMATS:
+        raise ValueError(f"written in the format {header['format']!r}, which has no "
+                         f"digest; this randjax reads {FORMAT!r}: export the network again")
+    if header["format"] != FORMAT:
+        raise ValueError(f"header field 'format' is {_short(header['format'])}, "
+                         f"not {FORMAT!r}")
+    if not isinstance(header.get("digest"), str):
+        raise ValueError(f"header field 'digest' must be a SHA-256 hex string, got "
+                         f"{_short(header.get('digest'))}")
+    return header
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(entry, list) and len(entry) == 2
+        and ((entry[0] == "dict" and isinstance(entry[1], str))
+             or (entry[0] == "list" and _is_count(entry[1])))
+        for entry in value)
+
+
+def _is_dtype(value) -> bool:
+    try:
+        dtype = jnp.dtype(value) if isinstance(value, str) and value else None
+    except TypeError:
+        return False
+    return dtype is not None and (jnp.issubdtype(dtype, jnp.number) or dtype == jnp.bool_)
+
+
+_LEAF_FIELDS = (
+    ("index", _is_count, "a non-negative int"),
+    ("path", _is_path, "a list of ['dict', str] and ['list', int] pairs"),
+    ("shape", lambda v: isinstance(v, list) and all(map(_is_count, v)),
+     "a list of non-negative ints"),
+    ("dtype", _is_dtype, "the name of a NumPy number or bool dtype"),
+)
+
+
+def _check_leaf(k: int, leaf) -> None:
+    if not isinstance(leaf, dict):
+        raise ValueError(f"header leaves[{k}] must be a dict, got {_short(leaf)}")
+    fields = [*_LEAF_FIELDS, *((flag, lambda v: isinstance(v, bool), "a bool")
+                               for flag in _FLAGS if flag in leaf)]
+    for field, valid, what in fields:
+        if field not in leaf:
+            raise ValueError(f"header leaves[{k}] has no field {field!r}")
+        if not valid(leaf[field]):
+            raise ValueError(f"header leaves[{k}] field {field!r} must be {what}, "
+                             f"got {_short(leaf[field])}")
+
+
+def _check_paths(leaves: list[dict]) -> None:
+    """Unique indices and paths, forming one tree of dicts and lists."""
+    seen = {"index": {}, "path": {}}
+    children: dict[tuple, set] = {}
+    for k, leaf in enumerate(leaves):
+        path = tuple(map(tuple, leaf["path"]))
+        for field, value in (("index", leaf["index"]), ("path", path)):
+            if value in seen[field]:
+                shown = path_str(path) if field == "path" else value
+                raise ValueError(f"header leaves[{k}] field {field!r}: {shown} is also "
+                                 f"that of leaves[{seen[field][value]}]")
+            seen[field][value] = k
+        for depth in range(len(path)):
+            children.setdefault(path[:depth], set()).add(path[depth])
+    for node, entries in children.items():
+        if node in seen["path"]:
+            raise ValueError(f"header leaves[{seen['path'][node]}] field 'path': "
+                             f"{path_str(node)} is a leaf and also holds other leaves")
+        kinds, keys = {kind for kind, _ in entries}, [key for _, key in entries]
+        if len(kinds) > 1:
+            raise ValueError(f"header field 'leaves': the paths mix dict keys and list "
+                             f"indices under {path_str(node)}")
+        if kinds == {"list"} and sorted(keys) != list(range(len(keys))):
+            raise ValueError(f"header field 'leaves': the list at {path_str(node)} has "
+                             f"indices {sorted(keys)}, not 0..{len(keys) - 1}")
+
+
+def _check_structure(header: dict, arrays: Mapping[str, np.ndarray]
+                     ) -> tuple[Codec, list[dict]]:
+    """The file's codec and each leaf's arrays, after checking the header."""
+    spec, leaves = header.get("spec"), header.get("leaves")
+    if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+        raise ValueError(f"header field 'spec' must be a dict naming a 'method', "
+                         f"got {_short(spec)}")
+    try:
+        codec = get_codec(spec["method"])
+    except ValueError as error:
+        raise ValueError(f"spec field 'method': {error}") from None
+    if not isinstance(leaves, list) or not leaves:
+        raise ValueError(f"header field 'leaves' must be a non-empty list, "
+                         f"got {_short(leaves)}")
+    for k, leaf in enumerate(leaves):
+        _check_leaf(k, leaf)
+    _check_paths(leaves)
+    return codec, _owned_arrays(arrays, leaves, codec, spec["method"])
+
+
+def _owned_arrays(arrays: Mapping[str, np.ndarray], leaves: list[dict], codec: Codec,
+                  method: str) -> list[dict]:
+    """Each leaf's arrays (``value`` or the codec's), suffix removed; no array unowned."""
+    owned: dict[int, dict] = {leaf["index"]: {} for leaf in leaves}
+    for name, a in arrays.items():
+        if name == "spec" or name in codec.file_arrays:
+            continue
+        match = _LEAF_ARRAY.fullmatch(name)
+        if match is None or int(match[2]) not in owned:
+            others = (f"file-level arrays are {list(codec.file_arrays)}"
+                      if codec.file_arrays else "has no file-level arrays")
+            raise ValueError(f"unexpected array {name!r}: no header leaf owns it and the "
+                             f"{method} codec {others}")
+        owned[int(match[2])][match[1]] = a
+    for name in codec.file_arrays:
+        if name not in arrays:
+            raise ValueError(f"array {name!r} is missing")
+    for leaf in leaves:
+        _check_owned(leaf, owned[leaf["index"]])
+    return [owned[leaf["index"]] for leaf in leaves]
+
+
+def _check_owned(leaf: dict, stored: dict) -> None:
+    i = leaf["index"]
+    where = f"leaf {i} {path_str(leaf['path'])}"
+    if not stored:
+        raise ValueError(f"{where} has no arrays (neither 'value_{i}' nor its codec's)")
+    compact = "value" not in stored
+    if not compact and len(stored) > 1:
+        raise ValueError(f"{where} has 'value_{i}' and also "
+                         f"{sorted(f'{n}_{i}' for n in stored if n != 'value')}")
+    for flag in _FLAGS:
+        if leaf.get(flag, compact) != compact:
+            how = "in its codec's compact form" if compact else f"as 'value_{i}'"
+            raise ValueError(f"{where}: header field {flag!r} is {leaf[flag]}, but the "
+                             f"leaf is stored {how}")
+    if not compact:
+        value, dtype, shape = stored["value"], jnp.dtype(leaf["dtype"]), tuple(leaf["shape"])
+        if value.dtype != dtype or value.shape != shape:
+            raise ValueError(f"{where}: array 'value_{i}' is {value.dtype} of shape "
+                             f"{value.shape}, the header's fields 'dtype' and 'shape' "
+                             f"say {dtype} of shape {shape}")
+
+
+# ---------------------------------------------------------------------------
+# Rebuilding the verified file.
+
+
+def _rebuild(codec: Codec, header: dict, arrays: Mapping[str, np.ndarray],
+             stored: list[dict]) -> PyTree:
+    spec, leaves = header["spec"], header["leaves"]
+    try:
+        rebuild = codec.decode(spec, arrays)
+    except (KeyError, TypeError, IndexError, AttributeError) as error:
+        raise ValueError(f"the {spec['method']} codec cannot read the spec "
+                         f"{_short(spec)}: {error!r}") from error
+    out = [jnp.asarray(s["value"]) if "value" in s
+           else _rebuild_leaf(rebuild, spec["method"], leaf, s)
+           for leaf, s in zip(leaves, stored)]
+    return _unflatten([leaf["path"] for leaf in leaves], out)
+
+
+def _rebuild_leaf(rebuild: Callable, method: str, leaf: dict, stored: dict) -> jax.Array:
+    where = f"leaf {leaf['index']} {path_str(leaf['path'])}"
+    try:
+        out = jnp.asarray(rebuild(leaf, stored))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    except (KeyError, TypeError, IndexError) as error:
+        raise ValueError(f"{where}: the {method} codec cannot rebuild it from its arrays "
+                         f"{sorted(stored)}: {error!r}") from error
+    shape, dtype = tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(f"{where}: the {method} codec rebuilt {out.dtype} of shape "
+                         f"{out.shape}, the header says {dtype} of shape {shape}")
+    return out

@@ -255,13 +255,11 @@ def get(name: str, density: float = 1.0) -> Initializer:
         ...     jax.random.key(0), (2, 2)).shape
         (2, 2)
     """
+    if not isinstance(name, str) or name not in (*_SCALED, *_INITIALIZERS):
+        raise ValueError(f"unknown initializer {name!r}; choose one of {names()}")
     if name in _SCALED:
         return _SCALED[name](density)
-    try:
-        return _INITIALIZERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown initializer {name!r}; choose one of {names()}") from None
+    return _INITIALIZERS[name]
 
 
 def name_of(initializer: Callable) -> str | None:
@@ -286,12 +284,16 @@ def resolve(value: str | Callable | None, name: str, density: float = 1.0
         density: the kept fraction for the ``scaled_*`` names.
 
     Raises:
-        ValueError: ``value`` is neither (the message lists the names).
+        ValueError: ``value`` is neither, or an unknown name (the message
+            names the argument and lists the names).
     """
     if value is None or callable(value):
         return value
     if isinstance(value, str):
-        return get(value, density=density)
+        try:
+            return get(value, density=density)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
     raise ValueError(
         f"{name} must be None, an initializer name ({names()}) or a "
         f"callable init(key, shape, dtype), got {value!r}")

@@ -83,6 +83,16 @@ def _excluded(name: str, pattern: str) -> bool:
     return pattern in name.split("/") or fnmatch.fnmatchcase(name, pattern)
 
 
+def _check_exclude(exclude) -> tuple[str, ...]:
+    """``exclude`` as a tuple of names; ValueError unless a name or names."""
+    if isinstance(exclude, str):
+        return (exclude,)
+    names = tuple(exclude) if isinstance(exclude, Iterable) else None
+    if names is None or not all(isinstance(p, str) for p in names):
+        raise ValueError(f"exclude must be a leaf name or a sequence of names, got {exclude!r}")
+    return names
+
+
 def select(params: PyTree, *, filter: tree.Filter = tree.is_kernel,
            exclude: Iterable[str] = ()) -> PyTree:
     """The targets of pruning: ``params`` with ``None`` at every other leaf.
@@ -100,8 +110,9 @@ def select(params: PyTree, *, filter: tree.Filter = tree.is_kernel,
         A tree of ``params``' structure: the selected leaves, ``None`` elsewhere.
 
     Raises:
-        ValueError: nothing is selected; an ``exclude`` pattern matches no
-            selected leaf (a typo would silently prune the layer).
+        ValueError: ``filter`` not callable; ``exclude`` not names; nothing
+            is selected; an ``exclude`` pattern matches no selected leaf (a
+            typo would silently prune the layer).
 
     Example:
         >>> import jax.numpy as jnp
@@ -113,9 +124,7 @@ def select(params: PyTree, *, filter: tree.Filter = tree.is_kernel,
         (True, True)
     """
     filter = tree.check_filter(filter)
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    exclude = tuple(exclude)
+    exclude = _check_exclude(exclude)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     chosen = [filter(path, leaf) for path, leaf in leaves]
     names = [path_name(path) for path, _ in leaves]
@@ -316,6 +325,9 @@ def masks_at_density(scores: PyTree, density: float, *, scope: str = "global",
         ValueError: ``density`` outside (0, 1]; as `prune_remaining`.
     """
     density = tree.check_density(density)
+    tree.check_choice(scope, SCOPES, "scope")  # before `ones` computes anything
+    tree.check_choice(count, COUNTS, "count")
+    tree.check_int(ignored, "ignored", minimum=0)
     return prune_remaining(scores, ones(scores), 1.0 - density, scope=scope, count=count,
                            ignored=ignored)
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 PyTree = Any
@@ -99,7 +100,7 @@ def dense_from(start: Callable[[jax.Array, PyTree], PyTree] | PyTree) -> Reparam
 
     Raises:
         ValueError: from ``init``, when the start has another structure
-            than the model's parameters.
+            than the model's parameters, or a leaf of another shape.
 
     Example:
         >>> import jax, jax.numpy as jnp, randjax
@@ -117,6 +118,12 @@ def dense_from(start: Callable[[jax.Array, PyTree], PyTree] | PyTree) -> Reparam
                 "dense_from: the start must have the structure of the model's "
                 f"parameters, got {jax.tree.structure(begin)} for "
                 f"{jax.tree.structure(params)}")
+        for (path, b), p in zip(jax.tree_util.tree_flatten_with_path(begin)[0],
+                                jax.tree.leaves(params)):
+            if jnp.shape(b) != jnp.shape(p):  # would broadcast in the model
+                raise ValueError(
+                    f"dense_from: the start's leaf {jax.tree_util.keystr(path)} has shape "
+                    f"{jnp.shape(b)}, the model's parameter {jnp.shape(p)}")
         return begin, None
 
     return Reparam(init, dense().apply)

@@ -36,9 +36,9 @@ KeyPath = tuple
 Filter = Callable[[KeyPath, Any], bool]
 
 __all__ = [
-    "Filter", "Paired", "check_bool", "check_choice", "check_density", "check_filter",
-    "check_int", "check_real", "check_store_weights", "draw", "is_kernel", "is_none",
-    "leaf_keys", "pair", "split",
+    "Expected", "Filter", "Paired", "check_bool", "check_callable", "check_choice",
+    "check_density", "check_filter", "check_int", "check_real", "check_store_weights", "draw",
+    "is_kernel", "is_none", "leaf_keys", "pair", "split", "weight_like",
 ]
 
 
@@ -135,6 +135,22 @@ def check_filter(filter, name: str = "filter") -> Filter:
     if not callable(filter):
         raise ValueError(f"{name} must be a callable filter(path, leaf), got {filter!r}")
     return filter
+
+
+def check_callable(value, name: str, signature: str = "") -> Callable:
+    """``value`` if it is callable, else ValueError naming ``name`` (and ``signature``).
+
+    Example:
+        >>> from randjax.tree import check_callable
+        >>> check_callable("ones", "kernel_init", "init(key, shape, dtype)")
+        Traceback (most recent call last):
+        ...
+        ValueError: kernel_init must be a callable init(key, shape, dtype), got 'ones'
+    """
+    if not callable(value):
+        raise ValueError(f"{name} must be a callable {signature or ''}".rstrip()
+                         + f", got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -292,8 +308,91 @@ class Paired(NamedTuple):
         return self.treedef.unflatten(out)
 
 
-def pair(trainable: PyTree, frozen: PyTree, method: str) -> Paired:
+class Expected(NamedTuple):
+    """What the frozen leaf of a selected pair must be (`pair`'s ``frozen_like``).
+
+    Attributes:
+        shape: its shape; None for any 1-D shape (the raw data of a key).
+        kind: a dtype, or a kind such as ``jnp.floating``, its dtype must be
+            a sub-dtype of.
+    """
+
+    shape: tuple | None
+    kind: Any = jnp.floating
+
+
+def _fits(leaf, expected: Expected) -> bool:
+    shape, dtype = tuple(jnp.shape(leaf)), getattr(leaf, "dtype", None)
+    shape_ok = len(shape) == 1 if expected.shape is None else shape == tuple(expected.shape)
+    return shape_ok and dtype is not None and jnp.issubdtype(dtype, expected.kind)
+
+
+def _describe_leaf(leaf) -> str:
+    return f"{tuple(jnp.shape(leaf))} {getattr(leaf, 'dtype', type(leaf).__name__)}"
+
+
+def _where(paired: Paired, index: int) -> str:
+    return jax.tree_util.keystr(paired.paths()[index])
+
+
+def _check_pairs(paired: Paired, method: str, frozen_like: Callable | None,
+                 others: str | None) -> None:
+    """`pair`'s checks of the selected leaves' shapes and of where the others sit."""
+    hint = " (swapped trainable/frozen? apply takes (trainable, frozen))"
+    for i, (t, f) in enumerate(zip(paired.trainable, paired.frozen)):
+        if t is not None and f is not None and frozen_like is not None:
+            expected = frozen_like(t)
+            if not _fits(f, expected):
+                swapped = _fits(t, frozen_like(f))
+                kind = getattr(expected.kind, "__name__", str(expected.kind))
+                shape = "1-D" if expected.shape is None else tuple(expected.shape)
+                raise ValueError(
+                    f"{method}.apply: leaf {_where(paired, i)}: a trainable leaf "
+                    f"{_describe_leaf(t)} needs a frozen leaf of shape {shape} ({kind}), "
+                    f"got {_describe_leaf(f)}{hint if swapped else ''}")
+        elif others is not None and (t is None) != (f is None):
+            side = "frozen" if t is None else "trainable"
+            if side != others:
+                raise ValueError(
+                    f"{method}.apply: unselected leaf {_where(paired, i)} is in {side}, "
+                    f"but this {method} keeps the unselected leaves in {others}{hint}")
+
+
+def weight_like(store_weights: bool) -> Callable[[Any], Expected]:
+    """`pair`'s ``frozen_like`` when the frozen leaf is the weight under the trainable one.
+
+    The weight has the trainable leaf's shape and a floating dtype; with
+    ``store_weights=False`` (see `split`) it is its key's raw data instead,
+    a 1-D unsigned integer array.
+    """
+    if store_weights:
+        return lambda t: Expected(tuple(jnp.shape(t)))
+    return lambda t: Expected(None, jnp.unsignedinteger)
+
+
+def pair(trainable: PyTree, frozen: PyTree, method: str, *,
+         frozen_like: Callable[[Any], Expected] | None = None,
+         others: str | None = None) -> Paired:
     """Flattens both trees side by side; ValueError if their structures differ.
+
+    The checks cost nothing at run time: shapes and dtypes are static, so
+    inside ``jit`` they run once, when tracing.
+
+    Args:
+        trainable: the trainable tree.
+        frozen: the frozen tree.
+        method: the method's name, for error messages.
+        frozen_like: ``frozen_like(trainable_leaf) -> Expected``, the shape and
+            dtype kind of the frozen leaf of every selected pair; another one
+            (which would broadcast silently) raises ValueError.
+        others: ``"trainable"`` or ``"frozen"``: the tree that holds the
+            unselected leaves (those in one tree only); a leaf in the other
+            raises ValueError.
+
+    Raises:
+        ValueError: the structures differ, or a check above fails; the
+            message names the leaf, both shapes, and says when the trees
+            look swapped.
 
     Example:
         >>> import jax.numpy as jnp
@@ -312,7 +411,11 @@ def pair(trainable: PyTree, frozen: PyTree, method: str) -> Paired:
         raise ValueError(
             f"{method}.apply: trainable and frozen must have the structure that "
             f"init returned, got {t_def} and {f_def}")
-    return Paired(t_def, t_leaves, f_leaves)
+    paired = Paired(t_def, t_leaves, f_leaves)
+    if frozen_like is not None or others is not None:
+        check_choice(others, ("trainable", "frozen", None), "others")
+        _check_pairs(paired, method, frozen_like, others)
+    return paired
 
 
 def check_store_weights(store_weights, weight_init: Callable | None, method: str) -> bool:

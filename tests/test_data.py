@@ -23,12 +23,16 @@ def _hermetic_env(monkeypatch):
 
 
 def _write_idx_dataset(directory, n_train=30, n_test=12, shape=(28, 28), seed=0, gz=True):
-    """Writes a small random MNIST-layout IDX data set; returns the raw arrays."""
+    """Writes a small random MNIST-layout IDX data set; returns the raw arrays.
+
+    Every one of the 10 classes has a training label (`data.load` refuses a
+    class count inferred from labels that leave one without).
+    """
     rng = np.random.default_rng(seed)
     os.makedirs(directory, exist_ok=True)
     arrays = (
         rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-        rng.integers(0, 10, n_train).astype(np.uint8),
+        rng.permutation(np.arange(n_train) % 10).astype(np.uint8),
         rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
         rng.integers(0, 10, n_test).astype(np.uint8),
     )
@@ -216,6 +220,90 @@ def test_idx_loader_rejects_mismatched_lengths(tmp_path):
         data.load(str(tmp_path))
 
 
+def _with_labels(directory, train=None, test=None):
+    """A 10-class IDX data set in ``directory`` with the given label arrays."""
+    _write_idx_dataset(directory, gz=False)
+    for name, labels in (("train-labels-idx1-ubyte", train), ("t10k-labels-idx1-ubyte", test)):
+        if labels is not None:
+            data.write_idx(os.path.join(directory, name), np.asarray(labels, np.uint8))
+    return directory
+
+
+def _stray_labels(n, index, value=250):
+    labels = np.arange(n) % 10
+    labels[index] = value
+    return labels
+
+
+def test_idx_stray_training_label_names_the_file_and_index(tmp_path):
+    _with_labels(tmp_path, train=_stray_labels(30, 17))
+    with pytest.raises(ValueError) as info:
+        data.load(str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "train-labels-idx1-ubyte") + ":")
+    assert "label 250 at index 17 makes 251 classes" in message
+    assert "hold no 10..249" in message and "num_classes=251" in message
+    # Passing the count accepts it; a smaller one names the same label.
+    assert data.load(str(tmp_path), num_classes=251).num_classes == 251
+    with pytest.raises(ValueError, match=r"label 250 at index 17 is outside \[0, 10\)"):
+        data.load(str(tmp_path), num_classes=10)
+
+
+def test_idx_stray_test_label_names_the_test_file(tmp_path):
+    _with_labels(tmp_path, test=_stray_labels(12, 5))
+    with pytest.raises(ValueError, match="label 250 at index 5 makes 251 classes") as info:
+        data.load(str(tmp_path))
+    assert str(tmp_path / "t10k-labels-idx1-ubyte") in str(info.value)
+
+
+def test_idx_num_classes_smaller_than_the_labels(tmp_path):
+    _with_labels(tmp_path, train=np.arange(30) % 10)
+    with pytest.raises(ValueError) as info:
+        data.load(str(tmp_path), num_classes=5)
+    assert str(info.value) == (f"{tmp_path / 'train-labels-idx1-ubyte'}: label 5 at index 5 "
+                               "is outside [0, 5) (num_classes=5 was given)")
+    ds = data.load(str(tmp_path))  # the correct file still loads
+    assert ds.num_classes == 10
+    assert data.load(str(tmp_path), num_classes=12).num_classes == 12
+
+
+def test_known_data_set_has_its_class_count(tmp_path, monkeypatch):
+    directory = _with_labels(tmp_path / "fashion_mnist", train=_stray_labels(30, 3, value=10))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match=r"label 10 at index 3 is outside \[0, 10\) "
+                                         r"\(fashion_mnist has 10 classes") as info:
+        data.load("fashion_mnist")
+    assert str(directory / "train-labels-idx1-ubyte") in str(info.value)
+    assert data.load("fashion_mnist", num_classes=11).num_classes == 11
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_classes=0), "num_classes must be a Python int >= 1"),
+    (dict(num_classes=10.0), "num_classes must be a Python int"),
+    (dict(seed=-1), "seed must be a Python int >= 0"),
+    (dict(seed="0"), "seed must be a Python int"),
+    (dict(data_dir=3), "data_dir must be None or a directory path"),
+])
+def test_load_rejects_bad_arguments_before_reading(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.load("digits", **kwargs)
+
+
+def test_missing_data_dir_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    # The data set is in the environment's directory, but data_dir is wrong.
+    _write_idx_dataset(tmp_path / "env" / "fashion_mnist", n_train=10, n_test=4)
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
+    wrong = tmp_path / "typo"
+    with pytest.raises(ValueError, match=f"data_dir '{wrong}' does not exist"):
+        data.load("fashion_mnist", data_dir=str(wrong))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is not a directory"):
+        data.load("fashion_mnist", data_dir=tmp_path / "file")
+    # An existing data_dir without the data set still falls through to the others.
+    (tmp_path / "empty").mkdir()
+    assert len(data.load("fashion_mnist", data_dir=tmp_path / "empty").test.y) == 4
+
+
 def test_fashion_mnist_system_dir():
     directory = data.SYSTEM_DATA_DIRS["fashion_mnist"]
     if not os.path.isdir(directory):
@@ -306,6 +394,18 @@ def test_shuffle_batches(n, b):
 def test_shuffle_batches_rejects_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         data.shuffle_batches(jax.random.key(0), 10, 0)
+    with pytest.raises(ValueError, match="batch_size must be a Python int >= 1, got 2.5"):
+        data.shuffle_batches(jax.random.key(0), 10, 2.5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(crop_padding=1.5), "crop_padding must be a Python int >= 0, got 1.5"),
+    (dict(crop_padding=-1), "crop_padding must be a Python int >= 0, got -1"),
+    (dict(flip="no"), "flip must be a Python bool, got 'no'"),
+])
+def test_augment_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.augment(jax.random.key(0), _images(), **kwargs)
 
 
 def _images(n=16, h=6, w=5, c=2):

@@ -37,6 +37,9 @@ def test_dense_from_a_function_or_a_tree():
     assert trainable is given
     with pytest.raises(ValueError, match="the start must have the structure"):
         randjax.dense_from({"v": jnp.ones(2)}).init(jax.random.key(0), params)
+    with pytest.raises(ValueError, match=r"the start's leaf \['w'\] has shape \(1, 3\), the "
+                                         r"model's parameter \(2, 3\)"):
+        randjax.dense_from({"w": jnp.ones((1, 3))}).init(jax.random.key(0), params)
 
 
 class ClipState(NamedTuple):

@@ -117,3 +117,36 @@ def test_draw_compiles_once_per_shape():
     b = tree.draw(init, jax.random.key(1), (4, 5), jnp.float32)
     assert tree.draw._cache_size() == before + 1
     assert a.shape == (4, 5) and not np.array_equal(a, b)
+
+
+def test_pair_checks_selected_shapes_and_where_the_others_sit():
+    trainable = {"w": jnp.ones((2, 3)), "b": None}
+    frozen = {"w": jnp.zeros((2, 3)), "b": jnp.ones(3)}
+    like = tree.weight_like(True)
+    assert len(tree.pair(trainable, frozen, "m", frozen_like=like, others="frozen")
+               .selected()) == 1
+    with pytest.raises(ValueError, match=r"m.apply: leaf \['w'\]: a trainable leaf \(2, 3\) "
+                                         r"float32 needs a frozen leaf of shape \(2, 3\) "
+                                         r"\(floating\), got \(3,\) float32$"):
+        tree.pair(trainable, {**frozen, "w": jnp.zeros(3)}, "m", frozen_like=like)
+    with pytest.raises(ValueError, match=r"got \(2, 3\) int32"):
+        tree.pair(trainable, {**frozen, "w": jnp.zeros((2, 3), jnp.int32)}, "m",
+                  frozen_like=like)
+    with pytest.raises(ValueError, match=r"unselected leaf \['b'\] is in trainable, but this m "
+                                         r"keeps the unselected leaves in frozen \(swapped"):
+        tree.pair(frozen, trainable, "m", frozen_like=like, others="frozen")
+    tree.pair(frozen, trainable, "m", frozen_like=like, others="trainable")
+    keys = tree.weight_like(False)
+    with pytest.raises(ValueError, match=r"shape 1-D \(unsignedinteger\).*swapped"):
+        tree.pair({"w": jnp.zeros(2, jnp.uint32)}, {"w": jnp.ones((2, 3))}, "m",
+                  frozen_like=keys)
+    with pytest.raises(ValueError, match="others must be one of"):
+        tree.pair(trainable, frozen, "m", others="both")
+
+
+def test_check_callable():
+    assert tree.check_callable(len, "f") is len
+    with pytest.raises(ValueError, match=r"init must be a callable init\(key\), got 3"):
+        tree.check_callable(3, "init", "init(key)")
+    with pytest.raises(ValueError, match="f must be a callable, got None"):
+        tree.check_callable(None, "f")

@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.val_fraction = 0.1
     config.train_limit = config_dict.placeholder(int)  # first N training images
     config.normalize = "standardize"
+    config.num_classes = config_dict.placeholder(int)  # None: the data set's own count
     config.crop_padding = 0
     config.flip = False
 

@@ -88,10 +88,13 @@ def edge_popup(density: float, *, scope: str = "layer",
 
     Raises:
         ValueError: ``density`` not a Python real in (0, 1]; unknown
-            ``scope`` or ``rounding``; unknown initializer name (the message
+            ``scope`` or ``rounding``; ``filter`` not callable; a flag not a
+            bool; unknown initializer name (the message
             lists the names). From ``init``: a selected leaf is not floating
             or is empty; the filter selects nothing; a named initializer
-            needs a kernel (ndim >= 2).
+            needs a kernel (ndim >= 2). From ``apply``: a frozen leaf whose
+            shape or dtype does not fit its scores, or swapped trees (the
+            message names the leaf).
 
     Example:
         >>> import jax, jax.numpy as jnp, randjax
@@ -111,6 +114,7 @@ def edge_popup(density: float, *, scope: str = "layer",
     tree.check_choice(scope, _SCOPES, "scope")
     tree.check_choice(rounding, masks.ROUNDINGS, "rounding")
     train_others = tree.check_bool(train_others, "train_others")
+    filter = tree.check_filter(filter)
     spec = dict(method="edge_popup", density=density, scope=scope, rounding=rounding,
                 scale_fan=scale_fan, weight_init=weight_init)
     named = tuple((argument, value) for argument, value in
@@ -130,7 +134,9 @@ def edge_popup(density: float, *, scope: str = "layer",
 
     def apply(trainable, frozen, *, key=None, train=True):
         del key, train
-        paired = tree.pair(trainable, frozen, "edge_popup")
+        paired = tree.pair(trainable, frozen, "edge_popup",
+                           frozen_like=tree.weight_like(store_weights),
+                           others="trainable" if train_others else "frozen")
         weights = paired.weights(weight_init, store_weights)
         scores = [s for s, _ in paired.selected()]
         return paired.rebuild(
@@ -197,15 +203,39 @@ def _encode(spec, selected, key):
             for kd, mask, shape in zip(keys, kept, shapes)]
 
 
+def _check_spec(spec):
+    export.check_spec(spec, dict(
+        density=tree.check_density,
+        scope=lambda v: tree.check_choice(v, _SCOPES, "scope"),
+        rounding=lambda v: tree.check_choice(v, masks.ROUNDINGS, "rounding"),
+        scale_fan=lambda v: tree.check_choice(v, ("kept", "reference"), "scale_fan"),
+        weight_init=init_lib.get))
+
+
+def _mask_bits(mask: np.ndarray, n: int, name: str) -> np.ndarray:
+    """The ``n`` bits of a packed mask; ValueError if a padding bit is set."""
+    bits = np.unpackbits(mask)
+    if bits[n:].any():
+        raise ValueError(f"array {name!r} has bits set past its {n} entries")
+    return bits[:n]
+
+
 def _decode(spec, arrays):
     del arrays
+    _check_spec(spec)
     weight_init = _weight_init(spec)
+    key = (np.uint32, export.key_data_shape())
 
     def rebuild(leaf, stored):
         shape, dtype = tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"header field 'dtype' is {leaf['dtype']!r}, but an "
+                             "edge_popup weight is floating")
+        n = math.prod(shape)
+        export.check_stored(leaf, stored, {"key": key, "mask": (np.uint8, (-(-n // 8),))})
+        bits = _mask_bits(stored["mask"], n, f"mask_{leaf['index']}")
         weight = tree.draw(weight_init, jax.random.wrap_key_data(
             jnp.asarray(stored["key"])), shape, dtype)
-        bits = np.unpackbits(stored["mask"], count=math.prod(shape))
         return weight * jnp.asarray(bits.reshape(shape), dtype)
 
     return rebuild

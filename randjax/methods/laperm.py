@@ -28,7 +28,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -83,9 +82,35 @@ def _is_empty(x) -> bool:
     return x is None or isinstance(x, optax.MaskedNode)
 
 
+#: Update counts at which `laperm` calls a sync-period schedule when it is built.
+_PROBED_COUNTS = (0, 1, 2, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+
+
+def _check_schedule(schedule: Schedule) -> Schedule:
+    """``schedule`` if it returns a finite real scalar at every `_PROBED_COUNTS`.
+
+    Inside jit a bad period cannot raise, so the schedule is called here,
+    eagerly, at a few counts; one that depends on traced values is not
+    checked.
+    """
+    for count in _PROBED_COUNTS:
+        with jax.ensure_compile_time_eval():
+            value = schedule(jnp.asarray(count, jnp.int32))
+        if isinstance(value, jax.core.Tracer):
+            return schedule
+        array = np.asarray(value)
+        if (array.shape != () or array.dtype == bool
+                or not np.issubdtype(array.dtype, np.number)
+                or not np.isfinite(array)):
+            raise ValueError(
+                f"laperm: sync_period schedule(count) must return a finite real scalar, "
+                f"got {value!r} at count {count}")
+    return schedule
+
+
 def _check_period(sync_period) -> int | Schedule:
     if callable(sync_period):
-        return sync_period
+        return _check_schedule(sync_period)
     return tree.check_int(sync_period, "laperm: sync_period", minimum=1,
                           what="or a schedule count -> int")
 
@@ -93,9 +118,11 @@ def _check_period(sync_period) -> int | Schedule:
 def _period(sync_period: int | Schedule, count: jax.Array) -> jax.Array:
     if not callable(sync_period):
         return jnp.asarray(sync_period, jnp.int32)
-    # Schedules may return floats (optax schedules do); a period below 1
-    # cannot raise inside jit and is clamped to 1 (sync every step).
-    period = jnp.round(jnp.asarray(sync_period(count))).astype(jnp.int32)
+    # Schedules may return floats (optax schedules do); a period below 1, or
+    # a non-finite one at a count `_check_schedule` did not probe, cannot
+    # raise inside jit and is taken as 1 (sync every step).
+    period = jnp.asarray(sync_period(count))
+    period = jnp.where(jnp.isfinite(period), jnp.round(period), 1).astype(jnp.int32)
     return jnp.maximum(period, 1)
 
 
@@ -127,7 +154,11 @@ def laperm(inner: optax.GradientTransformation,
             ``schedule(count) -> int`` called with the number of updates
             taken before this one (optax's convention; the reference code's
             ``k_schedule`` is per epoch: ``lambda c: f(c // steps_per_epoch)``).
-            A scheduled period below 1 is treated as 1.
+            Floats are rounded; a scheduled period below 1 is treated as 1.
+            The schedule is called when `laperm` is built, at counts 0, 1, 2
+            and powers of 10 up to 10**6: a non-finite or non-scalar value
+            there raises ValueError (inside jit it could not; a non-finite
+            value at another count is treated as 1).
         filter: ``filter(path, leaf) -> bool`` selects the leaves to permute
             (default: kernels, ``leaf.ndim >= 2``, as `randjax.is_kernel`).
         include_1d: also permute 1-D leaves (biases, BatchNorm scales and
@@ -141,10 +172,11 @@ def laperm(inner: optax.GradientTransformation,
 
     Raises:
         ValueError: ``sync_period`` is not an int >= 1 (bools included) or a
-            callable; ``inner`` is not a gradient transformation; ``filter``
-            is not callable; a flag is not a bool; ``init`` finds no leaf to
-            permute; ``update`` gets params of another structure than
-            ``init``.
+            callable; a schedule returns a non-finite or non-scalar value at a
+            probed count (the message names the count); ``inner`` is not a
+            gradient transformation; ``filter`` is not callable; a flag is not
+            a bool; ``init`` finds no leaf to permute; ``update`` gets params
+            of another structure than ``init``.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -167,10 +199,10 @@ def laperm(inner: optax.GradientTransformation,
     """
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise ValueError(f"laperm: inner must be an optax GradientTransformation, got {inner!r}")
-    sync_period = _check_period(sync_period)
     include_1d = tree.check_bool(include_1d, "laperm: include_1d")
     reset_inner_state = tree.check_bool(reset_inner_state, "laperm: reset_inner_state")
     base = tree.is_kernel if filter is None else tree.check_filter(filter, "laperm: filter")
+    sync_period = _check_period(sync_period)  # last: a schedule is called (JAX runs)
 
     def select(path, leaf) -> bool:
         return bool(base(path, leaf)) or (include_1d and getattr(leaf, "ndim", 0) == 1)
@@ -474,13 +506,32 @@ def _pack_lehmer(perm: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def _unpack_lehmer(packed: np.ndarray, n: int) -> np.ndarray:
+def _unpack_lehmer(packed: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Inverts `_pack_lehmer`; ValueError naming the array ``name`` if a row is >= n!."""
     code = np.zeros((n, packed.shape[0]), np.int64)
     for c, row in enumerate(packed):
         value = int.from_bytes(row.tobytes(), "little")
         for i in range(n - 1, -1, -1):
             value, code[i, c] = divmod(value, n - i)
+        if value:
+            raise ValueError(f"array {name!r}: row {c} encodes a number >= {n}!, not the "
+                             f"Lehmer code of a permutation of {n} entries")
     return permute.from_lehmer(code)
+
+
+def _stored_permutation(perm: np.ndarray, name: str) -> np.ndarray:
+    """``perm`` (``(n, m)``) as int64; ValueError naming ``name`` if a column is no permutation."""
+    n = perm.shape[0]
+    bad = (np.sort(perm, axis=0) != np.arange(n)[:, None]).any(axis=0)
+    if bad.any():
+        column = int(np.argmax(bad))
+        values = perm[:, column].astype(np.int64)
+        counts = np.bincount(values, minlength=n)
+        detail = (f"it holds {values.max()}" if values.max() >= n else
+                  f"{np.argmax(counts > 1)} appears {counts.max()} times")
+        raise ValueError(f"array {name!r}: column {column} is not a permutation of "
+                         f"0..{n - 1} ({detail})")
+    return perm.astype(np.int64)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -608,25 +659,81 @@ def save_permuted(path: str | os.PathLike, params: PyTree, model, key: jax.Array
     return export.write(path, spec, header_leaves, arrays, num_params)
 
 
+def _check_input_shape(value):
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty list of ints, got {value!r}")
+    for d in value:
+        tree.check_int(d, "input_shape entry", minimum=1)
+
+
+def _check_options(value):
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a dict of the model's options, got {value!r}")
+
+
+def _check_spec(spec):
+    export.check_spec(spec, dict(
+        model=lambda v: tree.check_choice(v, models.names(), "model"),
+        options=_check_options, input_shape=_check_input_shape,
+        lehmer=lambda v: tree.check_bool(v, "lehmer")))
+    try:
+        models.from_spec(spec)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"spec field 'options': {error}") from None
+
+
+def _file_initial_params(spec, key_data) -> tuple[list, list]:
+    """The initial parameters the spec and ``init_key`` redraw, `flatten_with_paths`ed."""
+    expected = (np.dtype(np.uint32), export.key_data_shape())
+    if (key_data.dtype, key_data.shape) != expected:
+        raise ValueError(f"array 'init_key' must be uint32 of shape {expected[1]}, got "
+                         f"{key_data.dtype} of shape {key_data.shape}")
+    try:
+        params = _initial_params(spec, key_data)
+    except Exception as error:  # flax reports a model it cannot build in many ways
+        raise ValueError(f"spec fields 'model', 'options' and 'input_shape': the model "
+                         f"cannot be initialised ({type(error).__name__}: {error})") from None
+    return export.flatten_with_paths(params)
+
+
+def _check_leaves(leaves, init_paths, init_leaves):
+    """Every header leaf is the model's initial leaf of its index: path, shape, dtype."""
+    indices = sorted(leaf["index"] for leaf in leaves)
+    if indices != list(range(len(init_leaves))):
+        raise ValueError(f"header field 'leaves': indices {indices}, but the model has "
+                         f"{len(init_leaves)} leaves (0..{len(init_leaves) - 1})")
+    for leaf in leaves:
+        i = leaf["index"]
+        path, w0 = init_paths[i], init_leaves[i]
+        if leaf["path"] != path:
+            raise ValueError(f"header leaf {i} field 'path' is "
+                             f"{export.path_str(leaf['path'])}, the model's leaf {i} is "
+                             f"{export.path_str(path)}")
+        if tuple(leaf["shape"]) != w0.shape or jnp.dtype(leaf["dtype"]) != w0.dtype:
+            raise ValueError(f"header leaf {i} {export.path_str(path)}: fields 'dtype' and "
+                             f"'shape' say {leaf['dtype']} {leaf['shape']}, the model's "
+                             f"initial leaf is {w0.dtype} {list(w0.shape)}")
+
+
 def _decode(spec, arrays):
-    init_paths, init_leaves = export.flatten_with_paths(
-        _initial_params(spec, arrays["init_key"]))
-    initial = {json.dumps(p): leaf for p, leaf in zip(init_paths, init_leaves)}
+    _check_spec(spec)
+    init_paths, init_leaves = _file_initial_params(spec, arrays["init_key"])
+    _check_leaves(export.read_header(arrays)["leaves"], init_paths, init_leaves)
 
     def rebuild(leaf, stored):
-        shape = tuple(leaf["shape"])
-        w0 = np.asarray(initial[json.dumps(leaf["path"])])
-        if w0.shape != shape:
-            raise ValueError(f"the redrawn initial leaf {leaf['path']} has shape "
-                             f"{w0.shape}, the file {shape}")
+        i = leaf["index"]
+        w0 = np.asarray(init_leaves[i])
         columns = permute.columns(w0)
+        n, m = columns.shape
         if spec["lehmer"]:
-            perm = _unpack_lehmer(stored["lehmer"], columns.shape[0])
+            export.check_stored(leaf, stored, {"lehmer": (np.uint8, (m, _lehmer_bytes(n)))})
+            perm = _unpack_lehmer(stored["lehmer"], n, f"lehmer_{i}")
         else:
-            perm = stored["perm"].astype(np.int64)
-        return jnp.asarray(np.take_along_axis(columns, perm, 0).reshape(shape))
+            export.check_stored(leaf, stored, {"perm": (_index_dtype(n), (n, m))})
+            perm = _stored_permutation(stored["perm"], f"perm_{i}")
+        return jnp.asarray(np.take_along_axis(columns, perm, 0).reshape(w0.shape))
 
     return rebuild
 
 
-export.register_codec("laperm", export.Codec(decode=_decode))
+export.register_codec("laperm", export.Codec(decode=_decode, file_arrays=("init_key",)))

@@ -76,7 +76,8 @@ def lookahead(fast: optax.GradientTransformation, sync_period: int = 6,
         An `optax.GradientTransformation` over `optax.LookaheadParams`.
 
     Raises:
-        ValueError: ``sync_period`` or ``step_size`` out of range.
+        ValueError: ``fast`` is not a gradient transformation;
+            ``sync_period`` or ``step_size`` out of range.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -94,6 +95,8 @@ def lookahead(fast: optax.GradientTransformation, sync_period: int = 6,
     References:
         Zhang et al., "Lookahead Optimizer", NeurIPS 2019.
     """
+    if not (hasattr(fast, "init") and hasattr(fast, "update")):
+        raise ValueError(f"lookahead: fast must be an optax GradientTransformation, got {fast!r}")
     sync_period = tree.check_int(sync_period, "sync_period", minimum=1)
     step_size = tree.check_real(step_size, "step_size", low=0.0, high=1.0)
     tx = optax.lookahead(fast, sync_period, step_size)

@@ -35,7 +35,8 @@ def _as_bool(mask, where: str) -> jax.Array:
     array = np.asarray(mask)
     if array.dtype != bool:
         if not (np.issubdtype(array.dtype, np.number) and np.isin(array, (0, 1)).all()):
-            raise ValueError(f"masked: the mask of {where} must hold 0/1 or booleans")
+            raise ValueError(f"masked: masks: the mask of {where or 'the root'} must hold "
+                             f"0/1 or booleans, got an array of {array.dtype}")
         array = array != 0
     return jnp.asarray(array)
 
@@ -62,7 +63,9 @@ def masked(masks) -> Reparam:
 
     Raises:
         ValueError: no mask; a mask not of 0/1 values. From ``init``: masks
-            whose tree or shapes do not match the parameters.
+            whose tree or shapes do not match the parameters. From ``apply``:
+            a mask not boolean or not of its weight's shape, or swapped
+            trees (the message names the leaf).
 
     Example:
         >>> import jax, jax.numpy as jnp, randjax
@@ -102,7 +105,8 @@ def _checked(masks):
 
 def _apply(trainable, frozen, *, key=None, train=True):
     del key, train
-    paired = tree.pair(trainable, frozen, "masked")
+    paired = tree.pair(trainable, frozen, "masked", others="trainable",
+                       frozen_like=lambda w: tree.Expected(tuple(jnp.shape(w)), jnp.bool_))
     return paired.rebuild([jnp.where(m, w, jnp.zeros((), w.dtype))
                            for w, m in paired.selected()])
 

@@ -274,7 +274,7 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
     (`to_dense` uses it for greedy weights).
 
     Args:
-        k: Python int >= 1, options per connection (K).
+        k: Python int >= 2, options per connection (K).
         selection: ``"greedy"`` (argmax) or ``"sample"`` (probabilistic).
         init: ``"official"`` or ``"paper"``, see above.
         eval_selection: the mode at ``train=False``; None: ``selection``.
@@ -293,11 +293,13 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
         "eval_selection", "init", "shared_options"}``.
 
     Raises:
-        ValueError: ``k`` not an int >= 1 (bools rejected); unknown
-            ``selection``, ``eval_selection`` or ``init``; a flag not a bool.
-            From ``init``: a selected leaf not floating, empty or not a
-            kernel; the filter selects nothing. From ``apply``: ``key`` is
-            None while sampling.
+        ValueError: ``k`` not an int >= 2 (bools rejected); unknown
+            ``selection``, ``eval_selection`` or ``init``; a flag not a bool;
+            ``filter`` not callable. From ``init``: a selected leaf not
+            floating, empty or not a kernel; the filter selects nothing. From
+            ``apply``: ``key`` is None while sampling; options (frozen) whose
+            shape or dtype does not fit the scores, or swapped trees (the
+            message names the leaf).
 
     Example:
         >>> import jax, jax.numpy as jnp, randjax
@@ -313,7 +315,8 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
         Aladago & Torresani, "Slot Machines: Discovering Winning Combinations
         of Random Weights in Neural Networks", ICML 2021.
     """
-    k = _check_k(k)
+    k = tree.check_int(k, "k", minimum=2, what="options per connection; k=1 is the random "
+                       "network itself, with nothing to train")
     selection = _check_mode(selection, "selection")
     eval_selection = _check_mode(selection if eval_selection is None else eval_selection,
                                  "eval_selection")
@@ -321,6 +324,7 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
     shared_options = tree.check_bool(shared_options, "shared_options")
     train_others = tree.check_bool(train_others, "train_others")
     store_weights = tree.check_bool(store_weights, "store_weights")
+    filter = tree.check_filter(filter)
     option_init = _option_init(init, k, shared_options)
     spec = dict(method="slot_machine", k=k, selection=selection,
                 eval_selection=eval_selection, init=init, shared_options=shared_options)
@@ -332,6 +336,12 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
                           method="slot_machine", named=(("init", init),),
                           store_weights=store_weights)
 
+    def options_like(scores):
+        if not store_weights:
+            return tree.Expected(None, jnp.unsignedinteger)
+        return tree.Expected(tuple(jnp.shape(scores)[-1:] if shared_options
+                                   else jnp.shape(scores)))
+
     def apply(trainable, frozen, *, key=None, train=True, selection=None):
         mode = _check_mode(selection, "selection") if selection else (
             spec["selection"] if train else eval_selection)
@@ -339,7 +349,8 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
             raise ValueError(
                 f"slot_machine.apply samples (selection {mode!r} at train={train}) "
                 "and needs key=jax.random key, got None")
-        paired = tree.pair(trainable, frozen, "slot_machine")
+        paired = tree.pair(trainable, frozen, "slot_machine", frozen_like=options_like,
+                           others="trainable" if train_others else "frozen")
         effective = []
         for i, (scores, stored) in enumerate(paired.selected()):
             options = stored if store_weights else tree.draw(
@@ -498,15 +509,47 @@ def _encode(spec, selected, key):
             for kd, (t, _, _), shape in zip(keys, selected, shapes)]
 
 
+def _check_greedy(value):
+    if value != "greedy":
+        raise ValueError("a file holds the greedy network (export.save refuses a Slot "
+                         f"Machine that samples at evaluation): must be 'greedy', got {value!r}")
+
+
+def _check_spec(spec):
+    export.check_spec(spec, dict(
+        k=_check_k, init=lambda v: tree.check_choice(v, _INITS, "init"),
+        shared_options=lambda v: tree.check_bool(v, "shared_options"),
+        eval_selection=_check_greedy))
+
+
+def _stored_indices(packed, k: int, n: int, name: str) -> np.ndarray:
+    """`unpack_indices`, checking that every index is below ``k`` and the padding is clear."""
+    if np.unpackbits(packed, bitorder="little")[n * _index_bits(k):].any():
+        raise ValueError(f"array {name!r} has bits set past its {n} indices")
+    index = unpack_indices(packed, k, n)
+    if index.size and index.max() >= k:
+        raise ValueError(f"array {name!r} holds option index {index.max()}, but the "
+                         f"spec's k={k} allows indices 0..{k - 1}")
+    return index
+
+
 def _decode(spec, arrays):
     del arrays
+    _check_spec(spec)
     option_init, k = _option_init_of(spec), spec["k"]
+    key = (np.uint32, export.key_data_shape())
 
     def rebuild(leaf, stored):
         shape, dtype = tuple(leaf["shape"]), jnp.dtype(leaf["dtype"])
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"header field 'dtype' is {leaf['dtype']!r}, but a "
+                             "slot_machine weight is floating")
+        n = math.prod(shape)
+        export.check_stored(leaf, stored, {
+            "key": key, "index": (np.uint8, (-(-n * _index_bits(k) // 8),))})
+        index = _stored_indices(stored["index"], k, n, f"index_{leaf['index']}").reshape(shape)
         options = np.asarray(tree.draw(option_init, jax.random.wrap_key_data(
             jnp.asarray(stored["key"])), shape, dtype))
-        index = unpack_indices(stored["index"], k, math.prod(shape)).reshape(shape)
         if options.ndim == 1:  # shared_options: K values for every connection
             return jnp.asarray(options[index])
         return jnp.asarray(np.take_along_axis(options, index[..., None], -1)[..., 0])

@@ -60,8 +60,9 @@ def supermask(*, logit_init: float = 0.0,
 
     Raises:
         ValueError: ``logit_init`` not a finite real; a flag not a bool;
-            unknown initializer name. From ``init``: as `randjax.edge_popup`.
-            From ``apply``: ``key`` is None while sampling.
+            ``filter`` not callable; unknown initializer name. From ``init``:
+            as `randjax.edge_popup`. From ``apply``: ``key`` is None while
+            sampling; trees that do not pair up, as `randjax.edge_popup`.
 
     Example:
         >>> import jax, jax.numpy as jnp, randjax
@@ -81,6 +82,7 @@ def supermask(*, logit_init: float = 0.0,
     sample_at_eval = tree.check_bool(sample_at_eval, "sample_at_eval")
     dynamic_scaling = tree.check_bool(dynamic_scaling, "dynamic_scaling")
     train_others = tree.check_bool(train_others, "train_others")
+    filter = tree.check_filter(filter)
     named = (("weight_init", weight_init),) if isinstance(weight_init, str) else ()
     weight_init = init_lib.resolve(weight_init, "weight_init")
     store_weights = tree.check_store_weights(store_weights, weight_init, "supermask")
@@ -97,7 +99,9 @@ def supermask(*, logit_init: float = 0.0,
             raise ValueError(
                 "supermask.apply samples masks (train=True or sample_at_eval=True) "
                 "and needs key=jax.random key, got None")
-        paired = tree.pair(trainable, frozen, "supermask")
+        paired = tree.pair(trainable, frozen, "supermask",
+                           frozen_like=tree.weight_like(store_weights),
+                           others="trainable" if train_others else "frozen")
         weights = paired.weights(weight_init, store_weights)
         effective = []
         for i, ((logits, _), w) in enumerate(zip(paired.selected(), weights)):

@@ -200,7 +200,8 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
         ValueError: ``density`` outside (0, 1]; ``logit_init`` not a finite
             real; unknown ``scope`` or ``bits``. From ``init``: as
             `randjax.supermask`.
-            From ``apply``: ``key`` is None in training.
+            From ``apply``: ``key`` is None in training; trees that do not
+            pair up, as `randjax.edge_popup`.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -226,7 +227,8 @@ def tom(density: float, *, logit_init: float = 4.0, scope: str = "global",
                           train_others=False, method="tom")
 
     def apply(trainable, frozen, *, key=None, train=True):
-        paired = tree.pair(trainable, frozen, "tom")
+        paired = tree.pair(trainable, frozen, "tom", frozen_like=tree.weight_like(True),
+                           others="frozen")
         selected = paired.selected()
         if train:
             if key is None:

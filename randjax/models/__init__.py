@@ -82,13 +82,13 @@ def get(name: str, **options) -> nn.Module:
 
     Raises:
         ValueError: unknown ``name`` (the message lists the valid names) or an
-            invalid option value.
+            invalid option value (the message names the option; see
+            `randjax.models.common.check_options`).
         TypeError: an option the model does not accept (the message names it).
     """
-    try:
-        cls = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}") from None
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}")
+    cls = REGISTRY[name]
     valid = option_names(cls)
     unknown = sorted(set(options) - set(valid))
     if unknown:

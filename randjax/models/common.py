@@ -32,14 +32,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from randjax import tree
 from randjax.init import kaiming_normal
 
 Initializer = Callable[..., jax.Array]
@@ -64,8 +66,9 @@ class Model(nn.Module):
         bn_affine: learn BatchNorm scale and offset; ``False`` gives the
             non-affine BatchNorm of edge-popup (no ``scale``/``bias`` leaves).
         bn_momentum: running-average decay in flax's convention
-            (0.9 == PyTorch ``momentum=0.1``).
-        bn_epsilon: BatchNorm epsilon.
+            (0.9 == PyTorch ``momentum=0.1``), in [0, 1]; 1 never updates
+            the running statistics (a warning says so).
+        bn_epsilon: BatchNorm epsilon, > 0.
         bn_scale_init: initializer of the BatchNorm scale.
         dropout: dropout rate, applied where each model's docstring says.
         kernel_init: initializer of conv and dense kernels.
@@ -74,7 +77,17 @@ class Model(nn.Module):
         fast_conv_grad: convs compute their kernel gradient with
             `conv_general_dilated` (faster on CPU, same values); ``False`` uses
             plain ``lax.conv_general_dilated`` (e.g. for forward-mode autodiff).
+
+    Every option is checked when the module is constructed (`randjax.models.get`
+    or directly): a wrong type or value raises ValueError naming the option
+    (`check_options`).
     """
+
+    #: How many rates ``dropout`` may hold as a tuple (one per dropout site);
+    #: 0: a single rate only.
+    dropout_sites: ClassVar[int] = 0
+    #: Whether ``use_bias=None`` (the family's own choice) is accepted.
+    bias_may_be_none: ClassVar[bool] = False
 
     num_classes: int = 10
     width: float = 1.0
@@ -91,15 +104,7 @@ class Model(nn.Module):
     fast_conv_grad: bool = True
 
     def __post_init__(self):
-        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
-            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
-        if not self.width > 0:
-            raise ValueError(f"width must be > 0, got {self.width!r}")
-        rates = self.dropout if isinstance(self.dropout, tuple) else (self.dropout,)
-        if not all(0.0 <= r < 1.0 for r in rates):
-            raise ValueError(f"dropout rates must be in [0, 1), got {self.dropout!r}")
-        if not 0.0 <= self.bn_momentum <= 1.0:
-            raise ValueError(f"bn_momentum must be in [0, 1], got {self.bn_momentum!r}")
+        check_options(self)
         super().__post_init__()
 
     # -- helpers (call them from inside an ``nn.compact`` method) ------------
@@ -146,6 +151,63 @@ class Model(nn.Module):
         if rate == 0.0:
             return x
         return nn.Dropout(rate, deterministic=not train)(x)
+
+
+def check_options(model: Model) -> None:
+    """ValueError naming the first common option of ``model`` of a wrong type or value.
+
+    `Model` calls it when constructed (a plain function, not a method: flax
+    intercepts the methods of a module, e.g. for ``capture_intermediates``).
+
+    Raises:
+        ValueError: ``num_classes`` not an int >= 1; ``width`` not a finite
+            real > 0; a flag not a Python bool; ``bn_momentum`` outside [0, 1];
+            ``bn_epsilon`` not a finite real > 0; a dropout rate outside
+            [0, 1); an initializer not callable; ``dtype`` not a floating dtype.
+    """
+    tree.check_int(model.num_classes, "num_classes", minimum=1)
+    if tree.check_real(model.width, "width") <= 0:
+        raise ValueError(f"width must be > 0, got {model.width!r}")
+    if not (model.use_bias is None and model.bias_may_be_none):
+        tree.check_bool(model.use_bias, "use_bias")
+    for flag in ("batch_norm", "bn_affine", "fast_conv_grad"):
+        tree.check_bool(getattr(model, flag), flag)
+    if tree.check_real(model.bn_momentum, "bn_momentum", low=0.0, high=1.0) == 1.0:
+        warnings.warn("bn_momentum=1.0 never updates the BatchNorm running statistics: "
+                      "evaluation uses their initial (or loaded) values", stacklevel=5)
+    if tree.check_real(model.bn_epsilon, "bn_epsilon") <= 0:
+        raise ValueError(f"bn_epsilon must be > 0 (it keeps 1 / sqrt(var + epsilon) "
+                         f"finite), got {model.bn_epsilon!r}")
+    _check_dropout(model)
+    for name in ("kernel_init", "bias_init", "bn_scale_init"):
+        tree.check_callable(getattr(model, name), name, "init(key, shape, dtype)")
+    _check_dtype(model.dtype)
+
+
+def _check_dropout(model: Model) -> None:
+    rates = model.dropout
+    if not isinstance(rates, tuple):
+        rates = (rates,)
+    elif not model.dropout_sites:
+        raise ValueError(f"dropout must be one rate in [0, 1) for "
+                         f"{type(model).__name__}, got {model.dropout!r}")
+    elif len(rates) != model.dropout_sites:
+        raise ValueError(f"{type(model).__name__} dropout must be a rate or "
+                         f"{model.dropout_sites} rates, got {model.dropout!r}")
+    for rate in rates:
+        if tree.check_real(rate, "dropout") < 0 or rate >= 1:
+            raise ValueError(f"dropout rates must be in [0, 1), got {model.dropout!r}")
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is None:  # flax infers it from the inputs
+        return
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except (TypeError, ValueError, SyntaxError):  # numpy's parse of a dtype string
+        floating = False
+    if not floating:
+        raise ValueError(f"dtype must be a floating dtype (or None), got {dtype!r}")
 
 
 # -- convolution with a fast kernel gradient on CPU ----------------------------

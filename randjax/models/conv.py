@@ -128,11 +128,7 @@ class Conv13(Model):
     bias_init: Initializer = he_uniform
 
     plan: ClassVar[tuple[tuple[int, int], ...]] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
-
-    def __post_init__(self):
-        if isinstance(self.dropout, tuple) and len(self.dropout) != 3:
-            raise ValueError(f"Conv13 dropout must be a rate or 3 rates, got {self.dropout!r}")
-        super().__post_init__()
+    dropout_sites: ClassVar[int] = 3
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from randjax import tree
 from randjax.models.common import Initializer, Model, global_avg_pool
 
 _SHORTCUTS = ("projection", "padding")
@@ -21,6 +22,11 @@ def _pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
+def _check_block(block) -> None:
+    tree.check_int(block.features, "features", minimum=1)
+    tree.check_int(block.strides, "strides", minimum=1)
+
+
 class _ResNetBase(Model):
     """Shared options of the residual nets.
 
@@ -32,10 +38,10 @@ class _ResNetBase(Model):
     use_bias: bool | None = None
     batch_norm: bool = True
     shortcut: str = "projection"
+    bias_may_be_none: ClassVar[bool] = True
 
     def __post_init__(self):
-        if self.shortcut not in _SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {_SHORTCUTS}, got {self.shortcut!r}")
+        tree.check_choice(self.shortcut, _SHORTCUTS, "shortcut")
         super().__post_init__()
 
     def block_options(self) -> dict:
@@ -53,6 +59,10 @@ class BasicBlock(_ResNetBase):
 
     features: int = 16
     strides: int = 1
+
+    def __post_init__(self):
+        _check_block(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -126,6 +136,10 @@ class WideBlock(_ResNetBase):
 
     features: int = 16
     strides: int = 1
+
+    def __post_init__(self):
+        _check_block(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

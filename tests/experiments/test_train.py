@@ -369,3 +369,103 @@ def test_benchmark_laperm_reports_amortised_step_and_sync_cost(tmp_path, run_mod
     assert lp["update_ms"] > 2 * lp["plain_update_ms"] > 0
     assert lp["amortised_ratio_from_updates"] > 1
     assert "amortised step" in out and "updates alone" in out
+
+
+# --------------------------------------------------------------------------- config checks
+
+
+@pytest.mark.parametrize("method, fields, message", [
+    ("dense", dict(batch_size=0), r"config.batch_size must be a Python int >= 1, got 0"),
+    ("dense", dict(eval_batch_size=0), "config.eval_batch_size must be a Python int >= 1"),
+    ("dense", dict(checkpoint_every=0), "config.checkpoint_every must be a Python int >= 1"),
+    ("dense", dict(epochs=-1), "config.epochs must be a Python int >= 0"),
+    ("dense", dict(seed=-1), "config.seed must be a Python int >= 0"),
+    ("dense", dict(num_classes=0), "config.num_classes must be >= 1"),
+    ("dense", dict(warmup_epochs=-1), "config.warmup_epochs must be a Python int >= 0"),
+    ("dense", dict(warmup_epochs=10, epochs=10), "config.warmup_epochs=10 must be below "
+                                                 "config.epochs=10"),
+    ("dense", dict(learning_rate=float("nan")), "config.learning_rate must be a finite"),
+    ("dense", dict(learning_rate=-0.1), r"config.learning_rate must be in \[0.0, inf\]"),
+    ("dense", dict(lr_gamma=0.0), "config.lr_gamma must be > 0.0"),
+    ("dense", dict(lr_milestones=(3, 1)), "config.lr_milestones must increase strictly"),
+    ("dense", dict(lr_milestones=(-1,)), "config.lr_milestones entry must be a Python int"),
+    ("dense", dict(momentum=1.0), r"config.momentum must be in \[0, 1\), got 1.0"),
+    ("dense", dict(weight_decay=-1e-4), "config.weight_decay must be in"),
+    ("dense", dict(optimizer="nadam"), "unknown optimizer 'nadam' \\(config.optimizer\\)"),
+    ("dense", dict(width=float("nan")), "width must be a finite Python real"),
+    ("dense", dict(bn_epsilon=-1e-5), "bn_epsilon must be > 0"),
+    ("dense", dict(init="nope"), "unknown initializer 'nope'"),
+    ("dense", dict(model="nope"), "unknown model 'nope'"),
+    ("edge_popup", dict(density=1.5), r"density must be in \(0, 1\]"),
+    ("slot_machine", dict(k=1), "k must be a Python int >= 2"),
+])
+def test_bad_config_fields_are_refused_before_the_data_is_read(monkeypatch, method, fields,
+                                                                message):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr(train.data_lib, "load", no_data)
+    config = registry.get_config(method)
+    config.update(fields)
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, None, progress=False)
+
+
+def test_schedule_values_legal_but_useless_warn():
+    config = dense.get_config()
+    config.update(schedule="step", lr_milestones=(2, 12), epochs=10)
+    with pytest.warns(UserWarning, match=r"config.lr_milestones \[12\] are at or past "
+                                         r"config.epochs=10: never reached"):
+        train.make_schedule(config, 5)
+    config.update(schedule="constant", learning_rate=0.0)
+    with pytest.warns(UserWarning, match="config.learning_rate is 0"):
+        train.make_schedule(config, 5)
+
+
+def test_num_classes_field_reaches_the_data_set():
+    config = dense.get_config()
+    config.update(num_classes=12, epochs=0, train_limit=100, width=0.1)
+    assert train.load_dataset(config).num_classes == 12
+    config.num_classes = 5
+    with pytest.raises(ValueError, match=r"label \d at index \d+ is outside \[0, 5\)"):
+        train.load_dataset(config)
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.batch_sz=1", "--config.batch_sz=1: config has no field 'batch_sz'; did you "
+                            "mean config.batch_size"),
+    ("--config.no_such_field=1", "config has no field 'no_such_field'"),
+    ("--config.batch_size=0", "config.batch_size must be a Python int >= 1, got 0"),
+    ("--config.use_bias=no", "--config.use_bias=no: ('Non-boolean argument"),
+])
+def test_cli_bad_config_field_is_one_line_with_exit_status_2(tmp_path, flag, expected):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/dense.py",
+         flag, f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_preset_and_method_config_passes_the_checks():
+    for name in presets.PRESETS:
+        config = presets.get_config(name)
+        check = train.check_config if config.method == "gimp" else train.check_run_config
+        check(config)
+    for method in ("dense", "edge_popup", "gimp", "laperm", "lookahead", "masked",
+                   "slot_machine", "supermask", "tom"):  # experiments/configs/*.py
+        config = registry.get_config(method)
+        (train.check_config if method == "gimp" else train.check_run_config)(config)
+
+
+def test_cli_divergence_is_one_line_with_exit_status_1(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/dense.py",
+         "--config.learning_rate=1e30", "--config.epochs=2", f"--workdir={tmp_path}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+    assert len(fatal) == 1 and "training diverged" in fatal[0] and "(epoch 1, batch" in fatal[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "summary.json").exists()

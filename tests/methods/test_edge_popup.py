@@ -266,3 +266,32 @@ def test_scale_fan_kept_and_reference():
         randjax.edge_popup(1.0, weight_init="scaled_signed_constant", scale_fan="reference")
     with pytest.raises(ValueError, match=r"scale_fan must be one of \('kept', 'reference'\)"):
         randjax.edge_popup(0.5, scale_fan="pruned")
+
+
+def test_apply_refuses_trees_that_would_broadcast_or_are_swapped():
+    rp = randjax.edge_popup(0.5)
+    params = {"w": jnp.ones((4, 5)), "b": jnp.zeros(5)}
+    trainable, frozen = rp.init(jax.random.key(0), params)
+    wrong = {**frozen, "w": jnp.ones((1, 5))}  # w * mask would broadcast to (4, 5)
+    with pytest.raises(ValueError, match=r"edge_popup.apply: leaf \['w'\]: a trainable leaf "
+                                         r"\(4, 5\) float32 needs a frozen leaf of shape "
+                                         r"\(4, 5\) \(floating\), got \(1, 5\) float32$"):
+        rp.apply(trainable, wrong)
+    with pytest.raises(ValueError, match=r"unselected leaf \['b'\] is in trainable, but this "
+                                         r"edge_popup keeps the unselected leaves in frozen "
+                                         r"\(swapped trainable/frozen\?"):
+        rp.apply(frozen, trainable)
+    with pytest.raises(ValueError, match="swapped trainable/frozen"):
+        jax.jit(rp.apply)(frozen, trainable)  # checked when tracing
+    lean = randjax.edge_popup(0.5, weight_init="kaiming_normal", store_weights=False)
+    trainable, frozen = lean.init(jax.random.key(0), {"w": jnp.ones((4, 5))})
+    with pytest.raises(ValueError, match=r"needs a frozen leaf of shape 1-D \(unsignedinteger"
+                                         r"\), got \(4, 5\) float32"):
+        lean.apply(trainable, {"w": jnp.ones((4, 5))})
+    with pytest.raises(ValueError, match="swapped trainable/frozen"):
+        lean.apply(frozen, trainable)
+
+
+def test_filter_must_be_callable():
+    with pytest.raises(ValueError, match="filter must be a callable filter"):
+        randjax.edge_popup(0.5, filter="kernel")

@@ -539,3 +539,23 @@ def test_save_permuted_errors(tmp_path):
         save(params, filter=3)
     with pytest.raises(ValueError, match="lehmer must be a Python bool"):
         save(params, lehmer=1)
+
+
+@pytest.mark.parametrize("schedule, message", [
+    (lambda count: jnp.nan, "got nan at count 0"),
+    (lambda count: jnp.where(count >= 1000, jnp.inf, 5.0), r"got Array\(inf.* at count 1000"),
+    (lambda count: jnp.ones(2), r"got Array\(\[1., 1.\].* at count 0"),
+    (lambda count: "20", "got '20' at count 0"),
+    (lambda count: True, "got True at count 0"),
+])
+def test_sync_period_schedule_with_non_finite_values_is_refused_when_built(schedule, message):
+    with pytest.raises(ValueError, match=r"laperm: sync_period schedule\(count\) must return "
+                                         r"a finite real scalar, " + message):
+        laperm(optax.sgd(0.1), schedule)
+
+
+def test_sync_period_schedule_checked_after_the_other_arguments():
+    calls = []
+    with pytest.raises(ValueError, match="include_1d"):
+        laperm(optax.sgd(0.1), lambda count: calls.append(count) or 2, include_1d="no")
+    assert calls == []

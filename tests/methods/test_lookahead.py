@@ -54,3 +54,8 @@ def test_trains_with_the_fast_and_evaluates_the_slow_weights():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         lookahead(optax.sgd(0.1), **kwargs)
+
+
+def test_fast_must_be_a_gradient_transformation():
+    with pytest.raises(ValueError, match="lookahead: fast must be an optax GradientTransformation"):
+        lookahead("adam")

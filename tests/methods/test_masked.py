@@ -99,3 +99,16 @@ def test_bad_masks():
     with pytest.raises(ValueError, match="has shape"):
         randjax.masked({"w": jnp.ones((6, 8)), "b": None}).init(None, p)
     assert randjax.masked({"w": jnp.ones((8, 6)), "b": None}).init(None, p)[1]["w"].all()
+
+
+def test_apply_refuses_wrong_masks_and_swapped_trees():
+    rp = randjax.masked({"w": jnp.array([[True, False], [False, True]]), "b": None})
+    trainable, frozen = rp.init(None, {"w": jnp.ones((2, 2)), "b": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"masked.apply: leaf \['w'\]: a trainable leaf "
+                                         r"\(2, 2\) float32 needs a frozen leaf of shape "
+                                         r"\(2, 2\) \(bool\), got \(2,\) bool"):
+        rp.apply(trainable, {**frozen, "w": jnp.array([True, False])})  # would broadcast
+    with pytest.raises(ValueError, match=r"got \(2, 2\) float32"):
+        rp.apply(trainable, {**frozen, "w": jnp.ones((2, 2))})  # not a mask
+    with pytest.raises(ValueError, match=r"swapped trainable/frozen"):
+        rp.apply(frozen, trainable)

@@ -282,9 +282,11 @@ def test_pack_known_layout_and_argmax_indices():
 # --------------------------------------------------------------------------- #
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(k=0), r"k must be a Python int >= 1"),
-    (dict(k=True), r"k must be a Python int >= 1"),
-    (dict(k=2.0), r"k must be a Python int >= 1"),
+    (dict(k=0), r"k must be a Python int >= 2"),
+    (dict(k=1), r"k must be a Python int >= 2 \(options per connection; k=1 is the random "
+                r"network itself"),
+    (dict(k=True), r"k must be a Python int >= 2"),
+    (dict(k=2.0), r"k must be a Python int >= 2"),
     (dict(k=4, selection="max"), r"selection must be one of \('greedy', 'sample'\)"),
     (dict(k=4, eval_selection="x"), "eval_selection must be one of"),
     (dict(k=4, init="xavier"), r"init must be one of \('official', 'paper'\)"),
@@ -384,3 +386,21 @@ def test_slot_machine_export_errors(tmp_path):
     other = randjax.slot_machine(8, init="paper")
     with pytest.raises(ValueError, match="is not the draw of slot_machine options"):
         export.save(tmp_path / "a", other, trainable, frozen, key=jax.random.key(0))
+
+
+def test_apply_refuses_wrong_option_shapes_and_swapped_trees():
+    rp = slot_machine(4)
+    params = {"w": jnp.ones((3, 5)), "b": jnp.ones(5)}
+    scores, options = rp.init(jax.random.key(0), params)
+    with pytest.raises(ValueError, match=r"slot_machine.apply: leaf \['w'\]: a trainable leaf "
+                                         r"\(3, 5, 4\) float32 needs a frozen leaf of shape "
+                                         r"\(3, 5, 4\) \(floating\), got \(4,\) float32"):
+        rp.apply(scores, {**options, "w": options["w"][0, 0]})
+    with pytest.raises(ValueError, match=r"unselected leaf \['b'\] is in trainable.*swapped"):
+        rp.apply(options, scores)
+    shared = slot_machine(4, shared_options=True)
+    scores, options = shared.init(jax.random.key(0), {"w": params["w"]})
+    with pytest.raises(ValueError, match=r"needs a frozen leaf of shape \(4,\).*swapped"):
+        shared.apply(options, scores)
+    with pytest.raises(ValueError, match="filter must be a callable filter"):
+        slot_machine(4, filter=0)

@@ -101,3 +101,16 @@ def test_supermask_trains_on_digits(digits):
 
 
 # --------------------------------------------------------------------------- #
+
+
+def test_apply_refuses_wrong_shapes_and_swapped_trees():
+    rp = randjax.supermask(sample_at_eval=False)
+    trainable, frozen = rp.init(jax.random.key(0), {"w": jnp.ones((3, 2)), "b": jnp.ones(2)})
+    with pytest.raises(ValueError, match=r"leaf \['w'\]: a trainable leaf \(2,\) float32 "
+                                         r"needs a frozen leaf of shape \(2,\) \(floating\), "
+                                         r"got \(3, 2\) float32"):
+        rp.apply({**trainable, "w": jnp.zeros((2,))}, frozen, train=False)
+    with pytest.raises(ValueError, match=r"unselected leaf \['b'\] is in trainable.*swapped"):
+        rp.apply(frozen, trainable, train=False)
+    with pytest.raises(ValueError, match="filter must be a callable filter"):
+        randjax.supermask(filter=None)

@@ -207,3 +207,13 @@ def test_masks_trained_on_digits_beat_magnitude_and_random_without_retraining(di
     assert tom_accuracy > 0.8
     assert tom_accuracy > accuracy(baselines["magnitude"]) + 0.3
     assert tom_accuracy > accuracy(baselines["random"]) + 0.5
+
+
+def test_apply_refuses_wrong_shapes_and_swapped_trees():
+    rp = tom(0.5)
+    logits, weights = rp.init(jax.random.key(0), {"w": jnp.ones((2, 3)), "b": jnp.ones(3)})
+    with pytest.raises(ValueError, match=r"leaf \['w'\]: a trainable leaf \(2, 3\) float32 "
+                                         r"needs a frozen leaf of shape \(2, 3\)"):
+        rp.apply(logits, {**weights, "w": jnp.ones((1, 3))}, train=False)
+    with pytest.raises(ValueError, match=r"unselected leaf \['b'\] is in trainable.*swapped"):
+        rp.apply(weights, logits, train=False)

@@ -346,6 +346,56 @@ def test_errors():
         models.get("conv13", dropout=(0.1, 0.2, 1.5))
 
 
+@pytest.mark.parametrize("options, message", [
+    (dict(use_bias="no"), "use_bias must be a Python bool, got 'no'"),
+    (dict(batch_norm=1), "batch_norm must be a Python bool, got 1"),
+    (dict(bn_affine=None), "bn_affine must be a Python bool, got None"),
+    (dict(fast_conv_grad="yes"), "fast_conv_grad must be a Python bool"),
+    (dict(bn_epsilon=-1e-5), r"bn_epsilon must be > 0 .*got -1e-05"),
+    (dict(bn_epsilon=0.0), "bn_epsilon must be > 0"),
+    (dict(bn_epsilon=float("nan")), "bn_epsilon must be a finite Python real"),
+    (dict(bn_momentum=1.5), r"bn_momentum must be in \[0.0, 1.0\], got 1.5"),
+    (dict(bn_momentum=-0.1), r"bn_momentum must be in \[0.0, 1.0\]"),
+    (dict(width=float("inf")), "width must be a finite Python real"),
+    (dict(width="1"), "width must be a finite Python real"),
+    (dict(num_classes=True), "num_classes must be a Python int >= 1, got True"),
+    (dict(num_classes=10.0), "num_classes must be a Python int >= 1, got 10.0"),
+    (dict(dropout="0.1"), "dropout must be a finite Python real"),
+    (dict(dropout=(0.1, 0.2, 0.3)), "dropout must be one rate in"),
+    (dict(kernel_init="he_uniform"), "kernel_init must be a callable init"),
+    (dict(bias_init=None), "bias_init must be a callable init"),
+    (dict(bn_scale_init=1.0), "bn_scale_init must be a callable init"),
+    (dict(dtype=jnp.int32), "dtype must be a floating dtype"),
+    (dict(dtype="no-such-dtype"), "dtype must be a floating dtype"),
+])
+def test_every_option_is_checked_when_built(options, message):
+    with pytest.raises(ValueError, match=message):
+        models.get("conv4", **options)
+    with pytest.raises(ValueError, match=message):  # direct construction checks too
+        models.Conv4(**options)
+
+
+def test_option_checks_of_the_families():
+    with pytest.raises(ValueError, match="use_bias must be a Python bool, got 'no'"):
+        models.get("resnet20", use_bias="no")
+    assert models.get("resnet20", use_bias=None).use_bias is None  # the family's choice
+    with pytest.raises(ValueError, match="features must be a Python int >= 1"):
+        models.BasicBlock(features=0)
+    with pytest.raises(ValueError, match="strides must be a Python int >= 1"):
+        models.WideBlock(strides=1.0)
+    with pytest.raises(ValueError, match="unknown model 3"):
+        models.get(3)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get(["conv4"])
+    assert models.get("conv13", dropout=(0.1, 0.2, 0.3)).dropout == (0.1, 0.2, 0.3)
+    assert models.get("conv4", dtype=None, bn_momentum=0, bn_epsilon=1e-3).dtype is None
+
+
+def test_bn_momentum_one_warns_that_statistics_never_update():
+    with pytest.warns(UserWarning, match="bn_momentum=1.0 never updates"):
+        models.get("resnet20", bn_momentum=1.0)
+
+
 def test_spec_describes_a_zoo_model_by_name_and_options():
     model = models.get("conv4", width=0.5, kernel_init=models.he_uniform, dtype=jnp.bfloat16,
                        use_bias=True)
