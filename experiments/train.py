@@ -8,7 +8,10 @@
         --config=experiments/configs/presets.py:dense_lenet_fmnist --workdir=runs/p
 
 Writes ``metrics.jsonl`` (one record per epoch), ``summary.json`` and orbax
-checkpoints to ``--workdir``; running the same command again resumes.
+checkpoints to ``--workdir``; running the same command again resumes. With
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or
+``--distributed``) every process of a multi-host job runs the command and
+they train as one (`experiments.distributed`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import randjax
-from experiments import registry
+from experiments import distributed, registry
 from randjax import data as data_lib
 from randjax import models, tree
 
@@ -324,13 +327,21 @@ def main(argv):
         check_run_config(FLAGS.config)
     except ValueError as error:
         _exit_usage(f"FATAL config error: {error}")
-    print(f"devices: {jax.devices()}")
+    try:  # before anything touches a device
+        distributed.initialize_from_flags()
+    except ValueError as error:
+        _exit_usage(f"FATAL distributed setup error: {error}")
+    primary = jax.process_index() == 0
+    if primary:
+        print(f"devices: {jax.devices()}")
     try:
         result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except randjax.train.DivergenceError as error:
         # A diverged run: one line (the epoch and step), status 1.
         sys.stderr.write(f"FATAL {type(error).__name__}: {error}\n")
         sys.exit(1)
+    if not primary:
+        return
     for record in result.history:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in record.items()))
@@ -344,6 +355,7 @@ def _define_flags():
     config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                      lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_flags()
 
 
 if __name__ == "__main__":

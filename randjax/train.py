@@ -1,16 +1,24 @@
 """One jitted, data-parallel training loop for every method.
 
-`fit` trains any Flax Linen model under any `Reparam` (dense, edge-popup,
-Slot Machines, masked training, ...) with any optax transformation, applied
-with `randjax.apply_updates` (so projections such as LaPerm's hold exactly);
-it knows methods only through that protocol (`randjax.reparam`):
+`fit` trains any JAX model (a Flax Linen or NNX module, or plain ``init`` /
+``apply`` functions such as an Equinox model's: `randjax.models.adapters`)
+under any `Reparam` (dense, edge-popup, Slot Machines, masked training, ...)
+with any optax transformation, applied with `randjax.apply_updates` (so
+projections such as LaPerm's hold exactly); it knows models only as
+`ModelFunctions` and methods only through their protocol (`randjax.reparam`):
 
 * the data set lives on the device; each epoch's batches are drawn by a
   permutation and the whole epoch (full batches, then the remainder batch,
   as PyTorch's ``drop_last=False`` and Keras' ``fit`` do) runs inside one
   jitted `jax.lax.scan`;
-* the batch is sharded over a 1-D ``data`` mesh of all local devices with
-  `jax.jit` + `NamedSharding` (state replicated);
+* the batch is sharded over a 1-D ``data`` mesh of all devices with
+  `jax.jit` + `NamedSharding` (state replicated); after
+  `jax.distributed.initialize` that is every device of every process: each
+  process runs the same program on the same (replicated) data and draws the
+  same permutation, each device computes its slice of every global batch,
+  gradients and evaluation sums are reduced over all processes, orbax saves
+  and restores checkpoints collectively, and only process 0 writes files
+  and shows progress;
 * validation and test accuracy after every epoch, best-validation tracking,
   metrics to ``metrics.jsonl`` and a ``summary.json`` in ``workdir``;
 * orbax checkpoints every ``checkpoint_every`` epochs and at the end; a run
@@ -34,7 +42,6 @@ import logging
 import math
 import os
 import pathlib
-import re
 import shutil
 import time
 import warnings
@@ -48,16 +55,18 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
-from flax import linen as nn
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from randjax import data as data_lib
+from randjax.models.adapters import ModelFunctions, as_model, describe
 from randjax.reparam import Reparam, apply_updates, dense
 from randjax.tree import check_choice, check_int
 
 PyTree = Any
 EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class TrainState(NamedTuple):
@@ -136,68 +145,95 @@ def model_key(seed: int) -> jax.Array:
     return _init_keys(_fit_keys(seed)[0])[0]
 
 
-def init_state(model: nn.Module, reparam: Reparam, tx: optax.GradientTransformation,
+def init_state(model, reparam: Reparam, tx: optax.GradientTransformation,
                input_shape: tuple[int, ...], key: jax.Array, *,
                variables: Mapping | None = None, step: int = 0) -> TrainState:
     """Initialises the model, splits its parameters by ``reparam``, inits ``tx``.
 
-    ``variables`` (``{"params": ..., "batch_stats": ...}``) replace the
-    model's own initial variables, e.g. rewound weights and their BatchNorm
-    statistics; ``step`` is the step count the state starts at.
+    ``model`` is anything `fit` trains (`randjax.models.adapters.as_model`).
+    ``variables`` replace the model's own initial parameters and state, e.g.
+    rewound weights and their BatchNorm statistics: a Linen model's
+    ``{"params": ..., "batch_stats": ...}``, else ``{"params": ...,
+    "model_state": ...}``; ``step`` is the step count the state starts at.
 
     Raises:
         ValueError: ``variables`` whose collections, structure, shapes or
             dtypes differ from the model's.
     """
+    model = as_model(model)
     model_key, reparam_key = _init_keys(key)
     x = jnp.zeros((1, *input_shape), jnp.float32)
     if variables is None:
-        variables = model.init(model_key, x)
+        params, model_state = model.init(model_key, x)
     else:
-        _check_variables(variables, jax.eval_shape(model.init, model_key, x))
-        variables = jax.tree.map(jnp.array, variables)  # copies: fit donates the state
-    variables = dict(variables)
-    params = variables.pop("params")
+        given = model.split_variables(variables)
+        _check_variables(given, jax.eval_shape(model.init, model_key, x))
+        params, model_state = jax.tree.map(jnp.array, given)  # copies: fit donates the state
     trainable, frozen = reparam.init(reparam_key, params)
     return TrainState(step=jnp.asarray(step, jnp.int32), trainable=trainable,
-                      frozen=frozen, model_state=variables,
+                      frozen=frozen, model_state=model_state,
                       opt_state=tx.init(trainable))
 
 
-def _check_variables(given: Mapping, expected: Mapping) -> None:
-    shape = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), dict(tree))
-    if jax.tree.structure(dict(given)) != jax.tree.structure(dict(expected)):
+def _check_variables(given: tuple, expected: tuple) -> None:
+    """``given`` (params, model_state) must match the model's own, leaf by leaf."""
+    shape = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)
+    if jax.tree.structure(given) != jax.tree.structure(expected):
         raise ValueError(f"variables must have the model's collections and structure: "
-                         f"got {jax.tree.structure(dict(given))}, the model has "
-                         f"{jax.tree.structure(dict(expected))}")
+                         f"got {jax.tree.structure(given)}, the model has "
+                         f"{jax.tree.structure(expected)}")
     if shape(given) != shape(expected):
         raise ValueError("variables must have the shapes and dtypes of the model's: "
                          f"got {shape(given)}, the model has {shape(expected)}")
 
 
-def _logits(model, reparam, state_parts, x, key, train):
+def _logits(model: ModelFunctions, reparam, state_parts, x, key, train):
     """Forward pass; returns (logits, new model_state)."""
     trainable, frozen, model_state = state_parts
     reparam_key, dropout_key = jax.random.split(key)
     params = reparam.apply(trainable, frozen, key=reparam_key, train=train)
-    variables = {"params": params, **model_state}
-    if train and model_state:
-        logits, new_state = model.apply(variables, x, train=True,
-                                        rngs={"dropout": dropout_key},
-                                        mutable=list(model_state))
-        return logits, dict(new_state)
-    logits = model.apply(variables, x, train=train, rngs={"dropout": dropout_key})
-    return logits, model_state
+    return model.apply(params, model_state, x, train=train, key=dropout_key)
 
 
-def _xent(logits, labels):
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels: `fit`'s default loss."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(model: nn.Module, reparam: Reparam,
-                    tx: optax.GradientTransformation,
-                    augmentation: Augmentation = Augmentation()):
-    """``step(state, x, y, key) -> (state, (loss, accuracy))`` for one batch."""
+def check_loss_fn(loss_fn: LossFn, num_classes: int) -> None:
+    """``loss_fn(logits, labels)`` must return one finite-typed loss per example.
+
+    Traced abstractly (`jax.eval_shape`, no computation) on a batch of 2.
+
+    Raises:
+        ValueError: ``loss_fn`` is not callable, fails on ``(batch, classes)``
+            logits and integer labels, or returns another shape or a
+            non-float dtype.
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function (logits, labels) -> per-example "
+                         f"losses, got {loss_fn!r}")
+    logits = jax.ShapeDtypeStruct((2, num_classes), jnp.float32)
+    labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+    try:
+        out = jax.eval_shape(loss_fn, logits, labels)
+    except Exception as error:  # whatever the user's function raises
+        raise ValueError(f"loss_fn fails on logits of shape (2, {num_classes}) and "
+                         f"integer labels of shape (2,): {_first_line(error)}") from error
+    if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (2,) or not jnp.issubdtype(
+            out.dtype, jnp.floating):
+        raise ValueError("loss_fn(logits, labels) must return one float loss per example "
+                         f"(shape (batch,)); for a batch of 2 it returns {out}")
+
+
+def make_train_step(model, reparam: Reparam, tx: optax.GradientTransformation,
+                    augmentation: Augmentation = Augmentation(),
+                    loss_fn: LossFn = cross_entropy):
+    """``step(state, x, y, key) -> (state, (loss, accuracy))`` for one batch.
+
+    ``loss`` is the batch mean of ``loss_fn(logits, labels)``.
+    """
+    model = as_model(model)
 
     def step(state: TrainState, x, y, key):
         augment_key, forward_key = jax.random.split(key)
@@ -205,14 +241,14 @@ def make_train_step(model: nn.Module, reparam: Reparam,
         x = data_lib.augment(augment_key, x, crop_padding=augmentation.crop_padding,
                              flip=augmentation.flip, pad_value=pad_value)
 
-        def loss_fn(trainable):
+        def objective(trainable):
             logits, model_state = _logits(
                 model, reparam, (trainable, state.frozen, state.model_state),
                 x, forward_key, train=True)
-            return _xent(logits, y).mean(), (logits, model_state)
+            return loss_fn(logits, y).mean(), (logits, model_state)
 
         (loss, (logits, model_state)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(state.trainable)
+            objective, has_aux=True)(state.trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = apply_updates(state.trainable, updates, opt_state)
         accuracy = (logits.argmax(-1) == y).mean()
@@ -227,9 +263,41 @@ def make_train_step(model: nn.Module, reparam: Reparam,
 # --------------------------------------------------------------------------- #
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D mesh named ``data`` over ``devices`` (default: all local devices)."""
-    devices = jax.local_devices() if devices is None else devices
+    """A 1-D mesh named ``data`` over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else devices
     return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+    """Host (or single-device) values as arrays replicated over every device of ``mesh``.
+
+    With several processes (`jax.distributed`) every process passes the
+    same values and gets its part of one global array
+    (`jax.make_array_from_process_local_data`); PRNG keys travel as their
+    key data.
+    """
+    sharding = NamedSharding(mesh, P())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def put(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
+                                            impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(put, tree)
+
+
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes a run's files and shows progress."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process gets here (a no-op with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _shard_batch(mesh, *arrays):
@@ -290,12 +358,13 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
     return jax.jit(epoch, donate_argnums=0)
 
 
-def make_eval_fn(model, reparam, mesh, chunk: int):
+def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entropy):
     """A jitted ``evaluate(state, x, y, valid, key) -> (mean loss, accuracy)``.
 
     ``x``/``y``/``valid`` are padded to whole chunks (see `randjax.data.pad_to_chunks`);
     padded rows have ``valid == 0`` and count for nothing.
     """
+    model = as_model(model)
 
     def evaluate(state, x, y, valid, key):
         def chunk_sums(inputs):
@@ -303,7 +372,7 @@ def make_eval_fn(model, reparam, mesh, chunk: int):
             logits, _ = _logits(model, reparam, (state.trainable, state.frozen,
                                                  state.model_state),
                                 xc, key, train=False)
-            return (_xent(logits, yc) * vc).sum(), ((logits.argmax(-1) == yc) * vc).sum()
+            return (loss_fn(logits, yc) * vc).sum(), ((logits.argmax(-1) == yc) * vc).sum()
 
         shape = lambda a: a.reshape(-1, chunk, *a.shape[1:])
         losses, correct = jax.lax.map(chunk_sums, (shape(x), shape(y), shape(valid)))
@@ -405,9 +474,11 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, workdir: pathlib
             continue
         _drop_failed_reads()
         for damaged, reason in failures:
-            _set_aside(workdir, damaged)
+            if is_primary():
+                _set_aside(workdir, damaged)
             warnings.warn(f"skipped the damaged checkpoint {damaged} of {workdir} "
                           f"(moved to damaged_checkpoints/): {reason}", stacklevel=3)
+        sync_processes("randjax: damaged checkpoints set aside")
         manager.reload()
         state = jax.tree.unflatten(jax.tree.structure(state),
                                    jax.tree.leaves(restored["state"]))
@@ -503,7 +574,7 @@ def _learning_rate(opt_state) -> float | None:
 # The loop
 # --------------------------------------------------------------------------- #
 
-def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
+def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         epochs: int, batch_size: int, reparam: Reparam | None = None, seed: int = 0,
         workdir: str | pathlib.Path | None = None, checkpoint_every: int = 1,
         augmentation: Augmentation = Augmentation(), drop_remainder: bool = False,
@@ -512,11 +583,14 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         devices=None, progress: bool = True, config: Mapping | None = None,
         variables: Mapping | None = None, start_step: int = 0,
         snapshot_steps: Iterable[int] = (), on_nonfinite: str = "stop",
-        ) -> FitResult:
+        loss_fn: LossFn = cross_entropy) -> FitResult:
     """Trains ``model`` on ``dataset`` with ``tx`` for ``epochs`` epochs.
 
     Args:
-        model: a Flax Linen module called as ``model.apply(v, x, train=...)``.
+        model: a Flax Linen module (its ``__call__`` with or without
+            ``train``), a Flax NNX module, or plain functions wrapped by
+            `randjax.models.from_functions` (Equinox models, hand-written
+            ones); see `randjax.models.adapters`.
         dataset: a `randjax.data.Dataset` (its splits are moved to the device).
         tx: any optax transformation. Wrap it in `optax.inject_hyperparams`
             to have the learning rate logged.
@@ -543,13 +617,15 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             initial weights (`randjax.methods.laperm.synced_state`), so that
             accuracy is measured right after a sync. Its ``__name__`` is
             recorded as ``eval_transform`` in every metrics record.
-        devices: devices of the data mesh (default: all local devices).
-        progress: show a tqdm progress bar.
+        devices: devices of the data mesh (default: all devices, of every
+            process after `jax.distributed.initialize`).
+        progress: show a tqdm progress bar (on process 0).
         config: a JSON-able description of the run, stored in
             ``config.json``; resuming with a different config (other than
             ``epochs``) raises instead of silently mixing two runs.
-        variables: the model's initial variables (``{"params": ...,
-            "batch_stats": ...}``) in place of ``model.init``'s: trained
+        variables: the model's initial variables (a Linen model's
+            ``{"params": ..., "batch_stats": ...}``, else ``{"params": ...,
+            "model_state": ...}``) in place of ``model.init``'s: trained
             weights to fine-tune, or weights rewound to an earlier step
             with their BatchNorm statistics (iterative pruning). ``reparam``
             splits their ``params``.
@@ -571,6 +647,10 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             numbers are written as ``null``); the last finite checkpoint is
             copied to ``workdir/last_finite_checkpoint/`` before the first
             non-finite one is saved.
+        loss_fn: ``loss_fn(logits, labels) -> per-example losses`` (default:
+            softmax cross-entropy, `cross_entropy`), e.g. with label
+            smoothing; training minimises its batch mean, evaluation reports
+            its mean as ``val_loss`` / ``test_loss``.
 
     A ``workdir`` that holds checkpoints is resumed only by the same run:
     `run_fingerprint` (model, method, optimizer, initial state, data, seed,
@@ -597,6 +677,8 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     check_int(seed, "seed")
     check_choice(on_nonfinite, ("stop", "continue"), "on_nonfinite")
     _check_labels(dataset)
+    check_loss_fn(loss_fn, dataset.num_classes)
+    model = as_model(model)
     reparam = reparam or dense()
     mesh = data_mesh(devices)
     num_devices = mesh.devices.size
@@ -615,8 +697,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         if not start_step <= k <= last_step:
             raise ValueError(f"step {k} is outside this run's steps [{start_step}, "
                              f"{last_step}] ({epochs} epochs of {steps_per_epoch} steps)")
-    replicated = NamedSharding(mesh, P())
-    to_device = lambda tree: jax.device_put(tree, replicated)
+    to_device = lambda tree: replicate(tree, mesh)
 
     init_key, train_key, eval_key = _fit_keys(seed)
     state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key,
@@ -631,7 +712,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     if augmentation.pad_value is None:
         augmentation = dataclasses.replace(
             augmentation, pad_value=tuple(float(v) for v in -dataset.mean / dataset.std))
-    train_step = make_train_step(model, reparam, tx, augmentation)
+    train_step = make_train_step(model, reparam, tx, augmentation, loss_fn)
     epoch_fns = {}
 
     def epoch_fn(begin, stop):
@@ -640,9 +721,18 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
                                                    drop_remainder, begin, stop)
         return epoch_fns[begin, stop]
 
-    evaluate = make_eval_fn(model, reparam, mesh, chunk)
+    evaluate = make_eval_fn(model, reparam, mesh, chunk, loss_fn)
     transform = None if eval_transform is None else jax.jit(eval_transform)
 
+    def fingerprint():
+        return run_fingerprint(
+            model, reparam, dataset, state, seed=seed, batch_size=batch_size,
+            drop_remainder=drop_remainder, augmentation=dataclasses.astuple(augmentation),
+            start_step=start_step, eval_transform=getattr(eval_transform, "__name__", None),
+            loss=None if loss_fn is cross_entropy else _function_name(loss_fn))
+
+    if jax.process_count() > 1:
+        check_same_run(fingerprint())
     first_epoch, first_batch = divmod(start_step, steps_per_epoch)
     prog, history, manager, snapshots = _fresh_progress(first_epoch), [], None, {}
     if workdir is not None:
@@ -655,11 +745,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
             options=ocp.CheckpointManagerOptions(max_to_keep=2,
                                                  enable_async_checkpointing=False))
         resuming = bool(manager.all_steps())
-        _check_fingerprint(workdir, run_fingerprint(
-            model, reparam, dataset, state, seed=seed, batch_size=batch_size,
-            drop_remainder=drop_remainder, augmentation=dataclasses.astuple(augmentation),
-            start_step=start_step, eval_transform=getattr(eval_transform, "__name__", None)),
-            resuming)
+        _check_fingerprint(workdir, fingerprint(), resuming)
         if resuming:
             state, prog = _restore(manager, state, workdir)
             if int(prog.epoch) > epochs:
@@ -686,8 +772,8 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         epoch_fns[0, None] = epoch_fn(0, None).lower(
             state, train_x, train_y, train_key).compile()
         compile_seconds = time.perf_counter() - start_time - float(prog.wall_seconds)
-    bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs,
-                    desc="train", unit="epoch", disable=not progress, leave=False)
+    bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="train",
+                    unit="epoch", disable=not (progress and is_primary()), leave=False)
     for epoch in bar:
         epoch_start = time.perf_counter()
         begin = first_batch if epoch == first_epoch else 0
@@ -738,15 +824,17 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
         shown = "val" if "val_accuracy" in record else "test"
         bar.set_postfix({"loss": f"{record['train_loss']:.4f}",
                          shown: f"{record.get(shown + '_accuracy', float('nan')):.4f}"})
-        if workdir is not None:
+        if workdir is not None and is_primary():
             _write_atomic(workdir / "metrics.jsonl", "".join(
                 json.dumps(_finite_json(r), allow_nan=False) + "\n" for r in history))
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
-                save_start = time.perf_counter()
-                manager.save(epoch + 1, args=ocp.args.StandardSave(
-                    {"state": state, "progress": prog}))
+        if manager is not None and ((epoch + 1) % checkpoint_every == 0
+                                    or epoch + 1 == epochs):
+            save_start = time.perf_counter()
+            manager.save(epoch + 1, args=ocp.args.StandardSave(   # by every process
+                {"state": state, "progress": prog}))
+            if is_primary():
                 _record_files(workdir / "checkpoints" / str(epoch + 1))
-                checkpoint_seconds += time.perf_counter() - save_start
+            checkpoint_seconds += time.perf_counter() - save_start
     bar.close()
     take_snapshot(state)
     if manager is not None:
@@ -757,7 +845,7 @@ def fit(model: nn.Module, dataset: data_lib.Dataset, tx: optax.GradientTransform
     summary["compile_seconds"] = compile_seconds
     summary["checkpoint_seconds"] = checkpoint_seconds  # of this call's saves
     summary["start_step"] = start_step
-    if workdir is not None:
+    if workdir is not None and is_primary():
         _write_atomic(workdir / "summary.json",
                       json.dumps(_finite_json(summary), indent=2, allow_nan=False) + "\n")
     losses = np.concatenate(step_losses) if step_losses else np.zeros((0,), np.float32)
@@ -789,7 +877,7 @@ def find_nonfinite(losses: np.ndarray, finite: bool, step: int, epoch: int,
 
 def _keep_last_finite(manager: ocp.CheckpointManager | None, workdir) -> None:
     """Copies the newest checkpoint to ``last_finite_checkpoint/`` (once per workdir)."""
-    if manager is None or manager.latest_step() is None:
+    if manager is None or manager.latest_step() is None or not is_primary():
         return
     target = workdir / "last_finite_checkpoint"
     if not target.exists():
@@ -885,6 +973,7 @@ def _summary(state: TrainState, prog: _Progress, history: list[dict], num_device
         "epochs": int(prog.epoch),
         "steps": int(state.step),
         "num_devices": num_devices,
+        "num_processes": jax.process_count(),
         "wall_seconds": float(prog.wall_seconds),
         "median_epoch_seconds": float(np.median(epoch_seconds)) if epoch_seconds else None,
         "params_sha256": params_sha256(
@@ -893,12 +982,10 @@ def _summary(state: TrainState, prog: _Progress, history: list[dict], num_device
     }
 
 
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _describe(obj) -> str:
-    """``repr(obj)`` without memory addresses, which differ between processes."""
-    return _ADDRESS.sub("", repr(obj))
+def _function_name(fn) -> str:
+    """A function's qualified name, or its description (e.g. a `functools.partial`)."""
+    name = getattr(fn, "__qualname__", None)
+    return f"{getattr(fn, '__module__', '')}.{name}" if name else describe(fn)
 
 
 def _short_digest(text: str) -> str:
@@ -943,12 +1030,12 @@ def run_fingerprint(model, reparam: Reparam, dataset: data_lib.Dataset, state: T
     batch size, ...). `fit` stores it in ``workdir/fingerprint.json`` and
     refuses to resume a workdir whose fingerprint differs.
     """
-    method = reparam.spec or getattr(reparam.init, "__qualname__", _describe(reparam.init))
+    method = reparam.spec or getattr(reparam.init, "__qualname__", describe(reparam.init))
     return {
         **{k: _finite_json(_jsonable(v)) for k, v in settings.items()},
-        "model": _describe(model),
+        "model": as_model(model).name,
         "method": json.loads(json.dumps(method, default=str)),
-        "optimizer_state": _short_digest(_describe(jax.tree.structure(state.opt_state))),
+        "optimizer_state": _short_digest(describe(jax.tree.structure(state.opt_state))),
         "optimizer_hyperparams": _finite_json(_hyperparams(state.opt_state)),
         "state_shapes": _shapes({"trainable": state.trainable, "frozen": state.frozen,
                                  "model_state": state.model_state}),
@@ -960,6 +1047,30 @@ def run_fingerprint(model, reparam: Reparam, dataset: data_lib.Dataset, state: T
                  "input_shape": list(dataset.input_shape),
                  "num_classes": dataset.num_classes, "digest": _data_digest(dataset)},
     }
+
+
+def check_same_run(fingerprint: dict) -> None:
+    """Every process of a multi-process `fit` must run the same run (`run_fingerprint`).
+
+    Processes that differ (another config, data set or seed) would train
+    different replicas as one and average nonsense; they are stopped before
+    the first step.
+
+    Raises:
+        ValueError: on every process, naming the processes whose run differs
+            from process 0's and (here) the entries of this process's
+            fingerprint that differ.
+    """
+    text = json.dumps(fingerprint, sort_keys=True)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    everyone = np.asarray(multihost_utils.process_allgather(digest))
+    differ = [i for i in range(len(everyone)) if not np.array_equal(everyone[i], everyone[0])]
+    if differ:
+        raise ValueError(
+            f"the {len(everyone)} processes do not run the same fit: processes {differ} "
+            "differ from process 0 in the model, method, optimizer, initial state, data "
+            "or settings (see run_fingerprint); start every process with the same "
+            f"command and data. This process's run: {_short_digest(text)}")
 
 
 def _check_fingerprint(workdir: pathlib.Path, fingerprint: dict, resuming: bool) -> None:
@@ -978,7 +1089,8 @@ def _check_fingerprint(workdir: pathlib.Path, fingerprint: dict, resuming: bool)
     elif resuming:
         warnings.warn(f"{workdir} has checkpoints but no fingerprint.json (written by an "
                       "older randjax): resuming it unchecked", stacklevel=3)
-    _write_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    if is_primary():
+        _write_atomic(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
 
 def _check_config(path: pathlib.Path, config: Mapping | None):
@@ -993,4 +1105,5 @@ def _check_config(path: pathlib.Path, config: Mapping | None):
         if differ:
             raise ValueError(f"{path.parent} holds a run with a different config "
                              f"(keys {differ}); use a new --workdir or the same config")
-    _write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if is_primary():
+        _write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")

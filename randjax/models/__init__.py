@@ -18,6 +18,10 @@ model's reference (see the class docstrings); the residual nets also take ``shor
 Call as ``model.apply(variables, x, train=...)``; in training pass
 ``rngs={"dropout": key}`` when ``dropout > 0`` and ``mutable=["batch_stats"]``
 when ``batch_norm``.
+
+`fit` trains other model APIs too: `adapters` turns a Linen module, an NNX
+module or plain functions (`from_functions`, e.g. an Equinox model) into the
+``init`` / ``apply`` pair it trains.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from flax import linen as nn
 
 from randjax import init as init_lib
 from randjax.init import he_uniform, kaiming_normal
+from randjax.models.adapters import (
+    ModelFunctions,
+    as_model,
+    from_functions,
+    from_linen,
+    from_nnx,
+)
 from randjax.models.common import COMMON_OPTIONS, Model, global_avg_pool, max_pool, option_names
 from randjax.models.conv import Conv2, Conv4, Conv6, Conv7, Conv8, Conv13, ConvNet
 from randjax.models.mlp import F1, F2, MLP, LeNet300100, MLP400x3
@@ -157,9 +168,10 @@ def from_spec(description: dict) -> nn.Module:
 
 
 __all__ = [
-    "COMMON_OPTIONS", "REGISTRY", "BasicBlock", "Conv2", "Conv4", "Conv6", "Conv7", "Conv8",
-    "Conv13", "ConvNet", "F1", "F2", "LeNet300100", "MLP", "MLP400x3", "Model", "ResNet",
-    "ResNet20", "ResNet56", "VGG", "VGG19", "WRN16_8", "WideBlock", "WideResNet",
-    "from_spec", "get", "global_avg_pool", "he_uniform", "kaiming_normal", "max_pool",
-    "names", "option_names", "spec",
+    "BasicBlock", "COMMON_OPTIONS", "Conv13", "Conv2", "Conv4", "Conv6", "Conv7", "Conv8",
+    "ConvNet", "F1", "F2", "LeNet300100", "MLP", "MLP400x3", "Model", "ModelFunctions",
+    "REGISTRY", "ResNet", "ResNet20", "ResNet56", "VGG", "VGG19", "WRN16_8", "WideBlock",
+    "WideResNet", "as_model", "from_functions", "from_linen", "from_nnx", "from_spec", "get",
+    "global_avg_pool", "he_uniform", "kaiming_normal", "max_pool", "names", "option_names",
+    "spec",
 ]
