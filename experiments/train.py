@@ -108,6 +108,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                              f"got {value!r}")
     for name in ("flip", "nesterov", "drop_remainder"):
         tree.check_bool(config[name], f"config.{name}")
+    tree.check_bool(config.get("tensorboard", False), "config.tensorboard")
     if config.optimizer not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r} (config.optimizer); "
                          f"choose one of {_OPTIMIZERS}")
@@ -254,7 +255,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         augmentation=randjax.train.Augmentation(config.crop_padding, config.flip),
         drop_remainder=config.drop_remainder, eval_batch_size=config.eval_batch_size,
         eval_transform=method.eval_transform, progress=progress,
-        config=config.to_dict(), **fit_kwargs)
+        tensorboard=config.get("tensorboard", False),
+        # Where the metrics go is not part of the run: a resumed run may add TensorBoard.
+        config={k: v for k, v in config.to_dict().items() if k != "tensorboard"},
+        **fit_kwargs)
 
 
 def _exit_usage(message: str) -> None:

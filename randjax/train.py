@@ -39,7 +39,6 @@ import gc
 import hashlib
 import json
 import logging
-import math
 import os
 import pathlib
 import shutil
@@ -63,6 +62,7 @@ from randjax import data as data_lib
 from randjax.models.adapters import ModelFunctions, as_model, describe
 from randjax.reparam import Reparam, apply_updates, dense
 from randjax.tree import check_choice, check_int
+from randjax.writers import JsonlWriter, MetricWriter, TensorBoardWriter, finite_json
 
 PyTree = Any
 EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
@@ -407,17 +407,6 @@ def _jsonable(value):
     return value
 
 
-def _finite_json(value):
-    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
-
-
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     """Writes ``text`` to ``path`` through a rename, so a kill never leaves half a file."""
     partial = path.with_name(path.name + ".partial")
@@ -583,7 +572,8 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         devices=None, progress: bool = True, config: Mapping | None = None,
         variables: Mapping | None = None, start_step: int = 0,
         snapshot_steps: Iterable[int] = (), on_nonfinite: str = "stop",
-        loss_fn: LossFn = cross_entropy) -> FitResult:
+        loss_fn: LossFn = cross_entropy, tensorboard: bool = False,
+        writers: Iterable[MetricWriter] = ()) -> FitResult:
     """Trains ``model`` on ``dataset`` with ``tx`` for ``epochs`` epochs.
 
     Args:
@@ -651,6 +641,10 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
             softmax cross-entropy, `cross_entropy`), e.g. with label
             smoothing; training minimises its batch mean, evaluation reports
             its mean as ``val_loss`` / ``test_loss``.
+        tensorboard: also write TensorBoard event files to ``workdir``
+            (`randjax.writers.TensorBoardWriter`; needs ``tensorboardX``).
+        writers: more `randjax.writers.MetricWriter` s, each given every
+            epoch's record (on process 0); `fit` does not close them.
 
     A ``workdir`` that holds checkpoints is resumed only by the same run:
     `run_fingerprint` (model, method, optimizer, initial state, data, seed,
@@ -676,6 +670,8 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
     eval_batch_size = check_int(eval_batch_size, "eval_batch_size", minimum=1)
     check_int(seed, "seed")
     check_choice(on_nonfinite, ("stop", "continue"), "on_nonfinite")
+    if tensorboard and workdir is None:
+        raise ValueError("tensorboard=True writes event files to the workdir: pass workdir")
     _check_labels(dataset)
     check_loss_fn(loss_fn, dataset.num_classes)
     model = as_model(model)
@@ -735,6 +731,7 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         check_same_run(fingerprint())
     first_epoch, first_batch = divmod(start_step, steps_per_epoch)
     prog, history, manager, snapshots = _fresh_progress(first_epoch), [], None, {}
+    resume_epoch = None
     if workdir is not None:
         workdir = pathlib.Path(workdir).absolute()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -753,6 +750,13 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
                                  f"epochs, more than epochs={epochs}: pass epochs >= "
                                  f"{int(prog.epoch)} to resume it, or use a new workdir")
             history = [r for r in _history(workdir) if r["epoch"] <= int(prog.epoch)]
+            resume_epoch = int(prog.epoch)
+    writers = list(writers) if is_primary() else []
+    owned = []   # the writers fit opens, and closes
+    if workdir is not None and is_primary():
+        owned.append(JsonlWriter(workdir / "metrics.jsonl", resume_epoch=resume_epoch))
+        if tensorboard:
+            owned.append(TensorBoardWriter(workdir, resume_epoch=resume_epoch))
             snapshots = {k: _load_snapshot(workdir, k, state)
                          for k in snapshot_steps if k <= int(state.step)}
 
@@ -824,9 +828,8 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         shown = "val" if "val_accuracy" in record else "test"
         bar.set_postfix({"loss": f"{record['train_loss']:.4f}",
                          shown: f"{record.get(shown + '_accuracy', float('nan')):.4f}"})
-        if workdir is not None and is_primary():
-            _write_atomic(workdir / "metrics.jsonl", "".join(
-                json.dumps(_finite_json(r), allow_nan=False) + "\n" for r in history))
+        for writer in owned + writers:
+            writer.write(record)
         if manager is not None and ((epoch + 1) % checkpoint_every == 0
                                     or epoch + 1 == epochs):
             save_start = time.perf_counter()
@@ -836,6 +839,8 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
                 _record_files(workdir / "checkpoints" / str(epoch + 1))
             checkpoint_seconds += time.perf_counter() - save_start
     bar.close()
+    for writer in owned:
+        writer.close()
     take_snapshot(state)
     if manager is not None:
         manager.wait_until_finished()
@@ -847,7 +852,7 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
     summary["start_step"] = start_step
     if workdir is not None and is_primary():
         _write_atomic(workdir / "summary.json",
-                      json.dumps(_finite_json(summary), indent=2, allow_nan=False) + "\n")
+                      json.dumps(finite_json(summary), indent=2, allow_nan=False) + "\n")
     losses = np.concatenate(step_losses) if step_losses else np.zeros((0,), np.float32)
     return FitResult(state, summary, history, losses, snapshots)
 
@@ -1032,11 +1037,11 @@ def run_fingerprint(model, reparam: Reparam, dataset: data_lib.Dataset, state: T
     """
     method = reparam.spec or getattr(reparam.init, "__qualname__", describe(reparam.init))
     return {
-        **{k: _finite_json(_jsonable(v)) for k, v in settings.items()},
+        **{k: finite_json(_jsonable(v)) for k, v in settings.items()},
         "model": as_model(model).name,
         "method": json.loads(json.dumps(method, default=str)),
         "optimizer_state": _short_digest(describe(jax.tree.structure(state.opt_state))),
-        "optimizer_hyperparams": _finite_json(_hyperparams(state.opt_state)),
+        "optimizer_hyperparams": finite_json(_hyperparams(state.opt_state)),
         "state_shapes": _shapes({"trainable": state.trainable, "frozen": state.frozen,
                                  "model_state": state.model_state}),
         "initial_state_sha256": params_sha256(

@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     config.checkpoint_every = 1
     config.seed = 0
+    config.tensorboard = False   # also write TensorBoard event files to --workdir
     return config
 
 

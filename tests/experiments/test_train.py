@@ -469,3 +469,11 @@ def test_cli_divergence_is_one_line_with_exit_status_1(tmp_path):
     assert len(fatal) == 1 and "training diverged" in fatal[0] and "(epoch 1, batch" in fatal[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_cli_tensorboard_writes_event_files(tmp_path, run_module):
+    run_module("experiments.train", "--config=experiments/configs/dense.py",
+               "--config.epochs=2", "--config.tensorboard=True", f"--workdir={tmp_path}")
+    events = list(tmp_path.glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+    assert "tensorboard" not in json.loads((tmp_path / "config.json").read_text())
