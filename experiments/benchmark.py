@@ -15,6 +15,8 @@
         --methods=dense,masked --optimizer=sgd
     python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
         --optimizer=sgd --analysis
+    python -m experiments.benchmark --model=lenet300_100 --dataset=fashion_mnist \
+        --optimizer=sgd --model_apis
 
 Every number comes from one process, after compilation: the median of
 ``--steps`` individually dispatched train steps, and the median of
@@ -55,6 +57,12 @@ upper bound: `randjax.fit` runs the reduction inside the jitted epoch), its
 share of the epoch (``nonfinite_check_over_epoch``), and
 ``unchecked_epoch_seconds``, the epoch without the reduction, timed in turn.
 
+``--model_apis`` adds ``model_apis``: the dense epoch of the same network
+(an MLP of the zoo, same initial weights) given to `randjax.fit` as the
+zoo's Linen module, as a Flax NNX module and as plain functions
+(`randjax.models.from_functions`), timed in turn, with each one's ratio to
+Linen's (``nnx_over_linen``, ``functions_over_linen``).
+
 ``--seeds=N`` adds `seeds_seconds`: one epoch of N independent dense runs
 (own initial weights, optimizer state and data order) as a loop of jitted
 epochs and as one `jax.vmap` over the seeds (``vmap_speedup``), and
@@ -90,6 +98,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+from flax import nnx
 
 import randjax
 from experiments import registry
@@ -128,6 +137,9 @@ _ANALYSIS = flags.DEFINE_bool("analysis", False, "Also time the frame-potential 
                               "and the dynamics hook (see the module docstring).")
 _FP_REFERENCE_REMOVALS = flags.DEFINE_integer(
     "fp_reference_removals", 5, "Removals of the reference's greedy loop that are timed.")
+_MODEL_APIS = flags.DEFINE_bool(
+    "model_apis", False, "Also time the dense epoch of the same MLP as a Linen module, an NNX "
+    "module and plain functions (an MLP --model: lenet300_100, mlp400x3, f1, f2).")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
     "CPU (--nofast_conv_grad: XLA's own, to compare).")
@@ -406,6 +418,73 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     return seconds * math.ceil(len(y) / batch) / steps
 
 
+def mlp_as_nnx_and_functions(params: dict):
+    """An MLP zoo model's network (``Dense_0 .. Dense_n``, ReLU between) as an NNX
+    module and as plain functions, both starting from ``params``."""
+    layers = [params[f"Dense_{i}"] for i in range(len(params))]
+
+    def forward(layer_params, x):
+        x = x.reshape(x.shape[0], -1)
+        for i, layer in enumerate(layer_params):
+            x = x @ layer["kernel"] + layer.get("bias", 0.0)
+            x = jax.nn.relu(x) if i + 1 < len(layer_params) else x
+        return x
+
+    class NNXMLP(nnx.Module):
+        def __init__(self):
+            self.layers = nnx.List([nnx.Linear(*p["kernel"].shape, use_bias="bias" in p,
+                                               rngs=nnx.Rngs(0)) for p in layers])
+            for linear, p in zip(self.layers, layers):
+                linear.kernel.value = p["kernel"]
+                if "bias" in p:
+                    linear.bias.value = p["bias"]
+
+        def __call__(self, x):
+            x = x.reshape(x.shape[0], -1)
+            for i, linear in enumerate(self.layers):
+                x = linear(x)
+                x = jax.nn.relu(x) if i + 1 < len(self.layers) else x
+            return x
+
+    functions = models.from_functions(
+        lambda key, x: (layers, {}),
+        lambda p, s, x, *, train, key: (forward(p, x), s), name="benchmark MLP")
+    return NNXMLP(), functions
+
+
+def model_api_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
+                      tx: optax.GradientTransformation, repeats: int) -> dict:
+    """Median dense epoch of one MLP as Linen, NNX and plain functions, interleaved."""
+    linen = models.get(model_name, num_classes=dataset.num_classes)
+    if not isinstance(linen, models.MLP) or linen.batch_norm or linen.dropout:
+        raise app.UsageError(f"--model_apis times an MLP of the zoo (lenet300_100, mlp400x3, "
+                             f"f1, f2), not {model_name}")
+    init = lambda model: train.init_state(model, randjax.dense(), tx, dataset.input_shape,
+                                          jax.random.key(0))
+    nnx_model, functions = mlp_as_nnx_and_functions(jax.device_get(init(linen).trainable))
+    apis = {"linen": linen, "nnx": nnx_model, "functions": functions}
+    mesh = train.data_mesh()
+    x, y = train.replicate((dataset.train.x, dataset.train.y), mesh)
+    epochs, held = {}, {}
+    for name, model in apis.items():
+        held[name] = train.replicate(init(model), mesh)
+        epoch_fn = train.make_epoch_fn(train.make_train_step(model, randjax.dense(), tx), mesh,
+                                       len(dataset.train.y), batch)
+
+        def one_epoch(name=name, epoch_fn=epoch_fn):
+            held[name], *out = epoch_fn(held[name], x, y, jax.random.key(1))
+            return jax.device_get(out[0])
+
+        epochs[name] = one_epoch
+    first = {name: fn() for name, fn in epochs.items()}  # compile; the same numbers
+    same = {name: bool(np.allclose(first[name], first["linen"], rtol=1e-5, atol=1e-6))
+            for name in apis}
+    seconds = _interleaved_medians(epochs, repeats)
+    return {"epoch_seconds": seconds, "same_losses": same,
+            "nnx_over_linen": seconds["nnx"] / seconds["linen"],
+            "functions_over_linen": seconds["functions"] / seconds["linen"]}
+
+
 def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
                   tx: optax.GradientTransformation, seeds: int, epochs: int) -> dict:
     """One epoch of ``seeds`` independent runs: a loop of jitted epochs against one vmap.
@@ -566,6 +645,15 @@ def main(argv):
         results["dense"]["seeds"] = runs
         print(f"{runs['seeds']} seeds, one epoch each: loop {runs['loop_seconds']:.3f} s, "
               f"vmap {runs['vmap_seconds']:.3f} s, {runs['vmap_speedup']:.2f}x")
+    if _MODEL_APIS.value:
+        apis = model_api_seconds(_MODEL.value, dataset, _BATCH.value, tx,
+                                 max(5, _EPOCHS.value))
+        results["dense"]["model_apis"] = apis
+        print("the same MLP's dense epoch: " + ", ".join(
+            f"{name} {sec:.4f} s" for name, sec in apis["epoch_seconds"].items())
+            + f"; NNX {apis['nnx_over_linen']:.3f}x Linen, plain functions "
+            f"{apis['functions_over_linen']:.3f}x Linen; first-epoch losses equal: "
+            f"{apis['same_losses']}")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,

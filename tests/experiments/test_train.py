@@ -147,7 +147,7 @@ def test_benchmark_reports_json(tmp_path, run_module):
     out = run_module("experiments.benchmark", "--model=lenet300_100", "--dataset=digits",
                      "--batch=64", "--steps=5", "--epochs=2", f"--json={out_file}",
                      "--methods=edge_popup,masked,tom", "--analysis",
-                     "--fp_reference_removals=1", "--seeds=2")
+                     "--fp_reference_removals=1", "--seeds=2", "--model_apis")
     report = json.loads(out_file.read_text())
     fp = report["results"]["dense"]["analysis"]
     assert set(fp["hook_parts_ms"]) == {"frame_potential", "ranks", "weight_profile",
@@ -155,6 +155,10 @@ def test_benchmark_reports_json(tmp_path, run_module):
     seeds = report["results"]["dense"]["seeds"]
     assert seeds["seeds"] == 2 and seeds["vmap_seconds"] > 0 and "2 seeds" in out
     assert seeds["max_loss_difference"] < 1e-4  # the vmapped runs are the looped ones
+    apis = report["results"]["dense"]["model_apis"]
+    assert apis["same_losses"] == {"linen": True, "nnx": True, "functions": True}
+    assert apis["nnx_over_linen"] > 0 and apis["functions_over_linen"] > 0
+    assert "NNX" in out and "plain functions" in out
     assert report["results"]["tom"]["ratio_to_dense"] > 0
     assert (fp["units"], fp["removals"]) == (300, 270)
     assert fp["loo_fp_ms"] > 0 and fp["greedy_fp_reference_s"] > fp["greedy_fp_s"] > 0
