@@ -228,13 +228,15 @@ def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        *, progress: bool = True, reparam: randjax.Reparam | None = None,
-                       **fit_kwargs) -> randjax.train.FitResult:
+                       model=None, **fit_kwargs) -> randjax.train.FitResult:
     """Loads the data, builds model, method and optimizer, and runs `randjax.fit`.
 
     The one entry point of every experiment: the CLI, the studies and the
     notebooks call it. ``config.method`` names a registered method
     (`experiments.registry`); ``reparam`` replaces its reparametrization
-    (e.g. `randjax.dense_from` to start from given weights); ``fit_kwargs``
+    (e.g. `randjax.dense_from` to start from given weights); ``model``
+    replaces ``config.model``'s zoo model with any model `randjax.fit` takes
+    (a Linen or NNX module, `randjax.models.from_functions`); ``fit_kwargs``
     go to `randjax.fit`.
 
     Returns:
@@ -248,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     dataset = load_dataset(config)
     method = build_method(config, len(dataset.train.y))
     return randjax.fit(
-        make_model(config, dataset.num_classes), dataset, method.optimizer,
+        make_model(config, dataset.num_classes) if model is None else model, dataset,
+        method.optimizer,
         reparam=method.reparam if reparam is None else reparam,
         epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
         workdir=workdir, checkpoint_every=config.checkpoint_every,

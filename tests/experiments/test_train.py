@@ -481,3 +481,23 @@ def test_cli_tensorboard_writes_event_files(tmp_path, run_module):
     events = list(tmp_path.glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
     assert "tensorboard" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_train_and_evaluate_takes_an_nnx_model(tmp_path):
+    from flax import nnx
+
+    from experiments import train as train_lib
+    from experiments.configs import dense
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.linear = nnx.Linear(64, 10, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.linear(x.reshape(len(x), -1))
+
+    config = dense.get_config()
+    config.update(epochs=3, learning_rate=0.01)
+    result = train_lib.train_and_evaluate(config, str(tmp_path), progress=False, model=Net())
+    assert result.summary["test_accuracy"] > 0.85
+    assert json.loads((tmp_path / "fingerprint.json").read_text())["model"].startswith("nnx ")
