@@ -61,7 +61,10 @@ share of the epoch (``nonfinite_check_over_epoch``), and
 (an MLP of the zoo, same initial weights) given to `randjax.fit` as the
 zoo's Linen module, as a Flax NNX module and as plain functions
 (`randjax.models.from_functions`), timed in turn, with each one's ratio to
-Linen's (``nnx_over_linen``, ``functions_over_linen``).
+Linen's (``nnx_over_linen``, ``functions_over_linen``). That the three run
+the same computation is checked, not assumed: ``identical_losses`` (the
+first epoch's per-step losses) and ``identical_params`` (the weights after
+all the epochs run) say, per API, whether they equal Linen's bit for bit.
 
 ``--seeds=N`` adds `seeds_seconds`: one epoch of N independent dense runs
 (own initial weights, optimizer state and data order) as a loop of jitted
@@ -435,9 +438,9 @@ def mlp_as_nnx_and_functions(params: dict):
             self.layers = nnx.List([nnx.Linear(*p["kernel"].shape, use_bias="bias" in p,
                                                rngs=nnx.Rngs(0)) for p in layers])
             for linear, p in zip(self.layers, layers):
-                linear.kernel.value = p["kernel"]
+                linear.kernel[...] = p["kernel"]
                 if "bias" in p:
-                    linear.bias.value = p["bias"]
+                    linear.bias[...] = p["bias"]
 
         def __call__(self, x):
             x = x.reshape(x.shape[0], -1)
@@ -480,7 +483,16 @@ def model_api_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     same = {name: bool(np.allclose(first[name], first["linen"], rtol=1e-5, atol=1e-6))
             for name in apis}
     seconds = _interleaved_medians(epochs, repeats)
+    # Every API trained 1 + repeats epochs from the same weights: the leaves
+    # (Dense_i / layers[i] / [i], bias then kernel) in flattening order.
+    weights = {name: jax.tree.leaves(jax.device_get(state.trainable))
+               for name, state in held.items()}
+    bitwise = lambda a, b: len(a) == len(b) and all(map(np.array_equal, a, b))
     return {"epoch_seconds": seconds, "same_losses": same,
+            "identical_losses": {name: bool(np.array_equal(first[name], first["linen"]))
+                                 for name in apis},
+            "identical_params": {name: bitwise(weights[name], weights["linen"])
+                                 for name in apis},
             "nnx_over_linen": seconds["nnx"] / seconds["linen"],
             "functions_over_linen": seconds["functions"] / seconds["linen"]}
 
@@ -653,7 +665,8 @@ def main(argv):
             f"{name} {sec:.4f} s" for name, sec in apis["epoch_seconds"].items())
             + f"; NNX {apis['nnx_over_linen']:.3f}x Linen, plain functions "
             f"{apis['functions_over_linen']:.3f}x Linen; first-epoch losses equal: "
-            f"{apis['same_losses']}")
+            f"{apis['same_losses']}; bit for bit: losses {apis['identical_losses']}, "
+            f"weights at the end {apis['identical_params']}")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
     report = {"model": _MODEL.value, "dataset": dataset.name,

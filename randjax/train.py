@@ -751,14 +751,14 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
                                  f"{int(prog.epoch)} to resume it, or use a new workdir")
             history = [r for r in _history(workdir) if r["epoch"] <= int(prog.epoch)]
             resume_epoch = int(prog.epoch)
+            snapshots = {k: _load_snapshot(workdir, k, state)
+                         for k in snapshot_steps if k <= int(state.step)}
     writers = list(writers) if is_primary() else []
     owned = []   # the writers fit opens, and closes
     if workdir is not None and is_primary():
         owned.append(JsonlWriter(workdir / "metrics.jsonl", resume_epoch=resume_epoch))
         if tensorboard:
             owned.append(TensorBoardWriter(workdir, resume_epoch=resume_epoch))
-            snapshots = {k: _load_snapshot(workdir, k, state)
-                         for k in snapshot_steps if k <= int(state.step)}
 
     def take_snapshot(state):
         k = int(state.step)

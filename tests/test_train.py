@@ -415,3 +415,13 @@ def test_no_restorable_checkpoint_is_one_clear_error(digits, tmp_path):
     with pytest.raises(ValueError, match=r"no checkpoint of .* restores: step 2: \w+.*; "
                        r"step 1: \w+"):
         randjax.fit(small_mlp(), digits, adam(), epochs=3, **args)
+
+
+def test_a_resumed_run_returns_the_snapshots_taken_before(digits, tmp_path):
+    kw = dict(batch_size=64, progress=False, snapshot_steps=[5], workdir=tmp_path)
+    model = randjax.models.get("lenet300_100", width=0.1)
+    first = randjax.fit(model, digits, optax.sgd(0.1), epochs=1, **kw)
+    resumed = randjax.fit(model, digits, optax.sgd(0.1), epochs=2, **kw)
+    assert sorted(resumed.snapshots) == [5]
+    assert randjax.train.params_sha256(resumed.snapshots[5].trainable) == \
+        randjax.train.params_sha256(first.snapshots[5].trainable)

@@ -159,11 +159,14 @@ def from_nnx(module: nnx.Module) -> ModelFunctions:
     ignores its key. In ``apply`` the module is put in ``train()`` or
     ``eval()`` mode and its RNG streams are reseeded from ``key``, so dropout
     is a function of `fit`'s seed and step, as for every other model.
+    Values sown with ``self.sow(nnx.Intermediate, ...)`` are outputs of a
+    call, not model state: they are dropped.
 
     Raises:
         ValueError: a module without ``nnx.Param`` variables.
     """
-    graphdef, params, rngs, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
+    graphdef, params, rngs, sown, rest = nnx.split(module, nnx.Param, nnx.RngState,
+                                                   nnx.Intermediate, ...)
     if not jax.tree.leaves(params):
         raise ValueError(f"the NNX module {type(module).__qualname__} has no nnx.Param "
                          "variables: nothing to train")
@@ -181,8 +184,8 @@ def from_nnx(module: nnx.Module) -> ModelFunctions:
         return jax.tree.map(jnp.copy, initial)   # copies: fit donates its state
 
     def apply(params_dict, model_state, x, *, train, key):
-        fresh_rngs = jax.tree.map(lambda leaf: leaf, rngs)   # variables of this trace
-        net = nnx.merge(graphdef, fill(params, params_dict), fresh_rngs,
+        fresh_rngs, fresh_sown = jax.tree.map(lambda leaf: leaf, (rngs, sown))  # this trace's
+        net = nnx.merge(graphdef, fill(params, params_dict), fresh_rngs, fresh_sown,
                         fill(rest, model_state))
         if train:
             net.train()
@@ -192,7 +195,8 @@ def from_nnx(module: nnx.Module) -> ModelFunctions:
             keys = jax.random.split(key, len(streams))
             nnx.reseed(net, **dict(zip(streams, keys)))
         logits = net(x)
-        return logits, nnx.to_pure_dict(nnx.split(net, nnx.Param, nnx.RngState, ...)[3])
+        return logits, nnx.to_pure_dict(
+            nnx.split(net, nnx.Param, nnx.RngState, nnx.Intermediate, ...)[4])
 
     return ModelFunctions(init, apply, f"nnx {type(module).__module__}."
                                        f"{type(module).__qualname__}")

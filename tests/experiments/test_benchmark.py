@@ -1,0 +1,43 @@
+"""The benchmark's model-API comparison (``--model_apis``), run tiny.
+
+`experiments.benchmark` defines absl flags that other experiment modules
+define too (``--epochs``), so it runs in its own process here, as the
+benchmark tests of ``test_train.py`` do.
+"""
+
+import json
+import subprocess
+import sys
+
+SCRIPT = """
+import json, optax
+from absl import app
+from experiments import benchmark
+from randjax import data
+digits = data.load("digits", val_fraction=0.0)
+report = benchmark.model_api_seconds("lenet300_100", digits, 64,
+                                     optax.sgd(0.1, momentum=0.9), repeats=2)
+try:
+    benchmark.model_api_seconds("conv4", digits, 64, optax.sgd(0.1), repeats=1)
+except app.UsageError as error:
+    report["conv4"] = str(error)
+print(json.dumps(report))
+"""
+
+
+def test_model_apis_time_the_same_computation():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    apis = ["linen", "nnx", "functions"]
+    assert list(report["epoch_seconds"]) == apis
+    assert all(report["epoch_seconds"][api] > 0 for api in apis)
+    # LeNet-300-100 with the same initial weights: the same numbers, bit for
+    # bit, after the compiling epoch and the 2 timed ones.
+    for field in ("same_losses", "identical_losses", "identical_params"):
+        assert report[field] == dict.fromkeys(apis, True), field
+    seconds = report["epoch_seconds"]
+    assert report["nnx_over_linen"] == seconds["nnx"] / seconds["linen"]
+    assert report["functions_over_linen"] == seconds["functions"] / seconds["linen"]
+    assert "times an MLP of the zoo" in report["conv4"] and "conv4" in report["conv4"]
