@@ -61,7 +61,8 @@ def unit_vectors(w: jax.typing.ArrayLike, *, axis: int = -1) -> jax.Array:
 
     Args:
         w: a kernel with ndim >= 2.
-        axis: the units' (output) axis.
+        axis: the units' (output) axis: -1 (default) for Flax's
+            ``(..., in, out)``, 0 for Equinox's / PyTorch's ``(out, in, ...)``.
 
     Returns:
         ``moveaxis(w, axis, 0).reshape(N, -1)``: row ``i`` is unit ``i``'s
@@ -105,7 +106,8 @@ def frame_potential(w: jax.typing.ArrayLike, *, axis: int = -1,
 
     Args:
         w: a kernel with ndim >= 2.
-        axis: the units' axis (default last: flax's ``(..., in, out)``).
+        axis: the units' axis (default last: flax's ``(..., in, out)``; 0 for
+            Equinox / PyTorch ``(out, in, ...)``).
         normalize: L2-normalise the units first (the reference's default;
             ``False`` is its ``fp_mod`` variant).
 

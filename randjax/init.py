@@ -13,6 +13,12 @@ said (``kaiming_uniform_(a=sqrt(5))``, i.e. U(+-1/sqrt(fan_in))). Fans follow
 JAX's convention for kernels: dense ``(in, out)``, conv ``(h, w, in, out)``
 with the receptive field counted into both fans.
 
+**Layouts.** Flax and the zoo put a kernel's output units on its last axis
+(``(..., in, out)``, the default ``output_axis=-1``); Equinox and weights
+converted from PyTorch put them first (``(out, in)``, ``(out, in, kh, kw)``):
+pass ``output_axis=0`` to `fans`, `fan_in`, `get` and `resolve`, and the
+input axis is then axis 1. The fans are the same numbers in either layout.
+
 ``he_uniform`` is Keras' ``he_uniform`` (the LaPerm reference's models):
 U(+-sqrt(6 / fan_in)), a 1-D (bias) shape counting its length as fan-in.
 
@@ -34,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,51 +60,75 @@ kaiming_normal: Initializer = initializers.variance_scaling(2.0, "fan_in", "norm
 untruncated, std = sqrt(2 / fan_in)."""
 
 
-def fans(shape) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a kernel shape, JAX convention.
+def fan_axes(output_axis: int = -1) -> tuple[int, int]:
+    """``(in_axis, out_axis)`` of a kernel layout, as `jax.nn.initializers` takes them.
 
-    Dense ``(in, out)`` gives ``(in, out)``; conv ``(h, w, in, out)`` counts
-    the receptive field into both: ``(h * w * in, h * w * out)``.
+    Args:
+        output_axis: -1 (Flax ``(..., in, out)``: ``(-2, -1)``) or 0
+            (Equinox / PyTorch ``(out, in, ...)``: ``(1, 0)``).
 
     Raises:
-        ValueError: ``shape`` has fewer than two dimensions.
+        ValueError: ``output_axis`` is neither (bools rejected).
+    """
+    if isinstance(output_axis, bool) or output_axis not in (-1, 0):
+        raise ValueError(
+            f"output_axis must be -1 (Flax layout (..., in, out)) or 0 (Equinox / PyTorch "
+            f"layout (out, in, ...)), got {output_axis!r}")
+    return (-2, -1) if output_axis == -1 else (1, 0)
+
+
+def fans(shape, output_axis: int = -1) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a kernel shape.
+
+    Dense ``(in, out)`` gives ``(in, out)``; conv ``(h, w, in, out)`` counts
+    the receptive field into both: ``(h * w * in, h * w * out)``. With
+    ``output_axis=0`` the shape is read as ``(out, in, ...)`` (Equinox,
+    PyTorch): ``(out, in, h, w)`` gives the same fans as ``(h, w, in, out)``.
+
+    Raises:
+        ValueError: ``shape`` has fewer than two dimensions; ``output_axis``
+            is not -1 or 0.
 
     Example:
         >>> from randjax.init import fans
-        >>> fans((3, 3, 16, 32)), fans((784, 300))
-        ((144, 288), (784, 300))
+        >>> fans((3, 3, 16, 32)), fans((784, 300)), fans((32, 16, 3, 3), output_axis=0)
+        ((144, 288), (784, 300), (144, 288))
     """
+    in_axis, out_axis = fan_axes(output_axis)
     shape = tuple(shape)
     if len(shape) < 2:
         raise ValueError(
             f"fans need a kernel with ndim >= 2 (in, out) or (..., in, out), "
             f"got shape {shape}")
-    receptive = math.prod(shape[:-2])
-    return shape[-2] * receptive, shape[-1] * receptive
+    receptive = math.prod(shape) // (shape[in_axis] * shape[out_axis])
+    return shape[in_axis] * receptive, shape[out_axis] * receptive
 
 
-def fan_in(shape) -> int:
-    """Fan-in of a kernel shape, JAX convention: ``prod(shape[:-1])``.
+def fan_in(shape, output_axis: int = -1) -> int:
+    """Fan-in of a kernel shape: the size of one output unit's weight vector.
 
     Dense ``(in, out)`` gives ``in``; conv ``(h, w, in, out)`` gives
-    ``h * w * in``.
+    ``h * w * in``; with ``output_axis=0``, ``(out, in, h, w)`` gives
+    ``in * h * w``.
 
     Raises:
-        ValueError: ``shape`` has fewer than two dimensions.
+        ValueError: ``shape`` has fewer than two dimensions; ``output_axis``
+            is not -1 or 0.
 
     Example:
         >>> from randjax.init import fan_in
-        >>> fan_in((3, 3, 16, 32)), fan_in((784, 300))
-        (144, 784)
+        >>> fan_in((3, 3, 16, 32)), fan_in((784, 300)), fan_in((300, 784), output_axis=0)
+        (144, 784, 784)
     """
-    return fans(shape)[0]
+    return fans(shape, output_axis)[0]
 
 
-def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, *,
+               output_axis: int = -1) -> jax.Array:
     """Keras ``he_uniform``: U(+-sqrt(6 / fan_in)).
 
-    ``fan_in`` as `fan_in` for kernels and, as in Keras, the length of a 1-D
-    (bias) shape.
+    ``fan_in`` as `fan_in` (of the layout ``output_axis``) for kernels and,
+    as in Keras, the length of a 1-D (bias) shape.
 
     Example:
         >>> import jax
@@ -109,26 +140,40 @@ def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -
         He et al., "Delving Deep into Rectifiers", ICCV 2015; Keras
         ``HeUniform``.
     """
-    fan = shape[0] if len(shape) == 1 else fan_in(shape)
+    fan = shape[0] if len(shape) == 1 else fan_in(shape, output_axis)
     bound = math.sqrt(6.0 / fan)
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-_INITIALIZERS: dict[str, Initializer] = {
-    "kaiming_normal": kaiming_normal,
-    "kaiming_uniform": initializers.variance_scaling(2.0, "fan_in", "uniform"),
-    "he_uniform": he_uniform,
-    "xavier_normal": initializers.variance_scaling(1.0, "fan_avg", "normal"),
-    "xavier_uniform": initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-    "lecun_normal": initializers.lecun_normal(),
-    "pytorch_default": initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-}
+def _registry(output_axis: int) -> dict[str, Initializer]:
+    """The named initializers for kernels whose output units lie on ``output_axis``."""
+    if output_axis == -1:   # the module's own objects, so that `name_of` finds them
+        return {"kaiming_normal": kaiming_normal, "he_uniform": he_uniform,
+                "signed_constant": signed_constant, **_variance_scaling(-2, -1)}
+    in_axis, out_axis = fan_axes(output_axis)
+    return {"kaiming_normal": initializers.variance_scaling(
+                2.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis),
+            "he_uniform": functools.partial(he_uniform, output_axis=output_axis),
+            "signed_constant": _signed_constant(1.0, output_axis),
+            **_variance_scaling(in_axis, out_axis)}
 
 
-def _signed_constant(density: float) -> Initializer:
+def _variance_scaling(in_axis: int, out_axis: int) -> dict[str, Initializer]:
+    def scaling(scale, mode, distribution):
+        return initializers.variance_scaling(scale, mode, distribution,
+                                             in_axis=in_axis, out_axis=out_axis)
+
+    return {"kaiming_uniform": scaling(2.0, "fan_in", "uniform"),
+            "xavier_normal": scaling(1.0, "fan_avg", "normal"),
+            "xavier_uniform": scaling(1.0, "fan_avg", "uniform"),
+            "lecun_normal": scaling(1.0, "fan_in", "truncated_normal"),
+            "pytorch_default": scaling(1.0 / 3.0, "fan_in", "uniform")}
+
+
+def _signed_constant(density: float, output_axis: int = -1) -> Initializer:
     def init(key, shape, dtype=jnp.float32):
-        value = _GAIN / math.sqrt(fan_in(shape) * density)
-        w = kaiming_normal(key, shape, jnp.float32)
+        value = _GAIN / math.sqrt(fan_in(shape, output_axis) * density)
+        w = kaiming_normal(key, shape, jnp.float32)  # only its signs are used
         return jnp.where(w < 0, -value, value).astype(dtype)
 
     return init
@@ -161,7 +206,7 @@ References:
 """
 
 
-def scaled_signed_constant(density: float) -> Initializer:
+def scaled_signed_constant(density: float, output_axis: int = -1) -> Initializer:
     """`signed_constant` with fan-in multiplied by the kept fraction.
 
     Entries are ``+-sqrt(2) / sqrt(fan_in * density)``, i.e. `signed_constant`
@@ -169,12 +214,13 @@ def scaled_signed_constant(density: float) -> Initializer:
 
     Args:
         density: Python float in (0, 1], the fraction of weights kept.
+        output_axis: the kernels' output axis (-1 Flax, 0 Equinox / PyTorch).
 
     Returns:
         An initializer ``init(key, shape, dtype=float32)``.
 
     Raises:
-        ValueError: ``density`` is not in (0, 1].
+        ValueError: ``density`` is not in (0, 1]; ``output_axis`` not -1 or 0.
 
     Example:
         >>> import jax, numpy as np
@@ -187,10 +233,11 @@ def scaled_signed_constant(density: float) -> Initializer:
         Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
         Network?", CVPR 2020.
     """
-    return _signed_constant(tree.check_density(density))
+    fan_axes(output_axis)
+    return _signed_constant(tree.check_density(density), output_axis)
 
 
-def scaled_kaiming_normal(density: float) -> Initializer:
+def scaled_kaiming_normal(density: float, output_axis: int = -1) -> Initializer:
     """Kaiming normal (PyTorch's) with fan-in multiplied by the kept fraction.
 
     Untruncated normal with variance ``2 / (fan_in * density)``: for the same
@@ -198,12 +245,13 @@ def scaled_kaiming_normal(density: float) -> Initializer:
 
     Args:
         density: the kept fraction, a Python float in (0, 1].
+        output_axis: the kernels' output axis (-1 Flax, 0 Equinox / PyTorch).
 
     Returns:
         The initializer ``init(key, shape, dtype=float32)`` of that variance.
 
     Raises:
-        ValueError: ``density`` outside (0, 1].
+        ValueError: ``density`` outside (0, 1]; ``output_axis`` not -1 or 0.
 
     Example:
         >>> import jax
@@ -216,13 +264,16 @@ def scaled_kaiming_normal(density: float) -> Initializer:
         Network?", CVPR 2020; He et al., ICCV 2015.
     """
     density = tree.check_density(density)
-    return initializers.variance_scaling(2.0 / density, "fan_in", "normal")
+    in_axis, out_axis = fan_axes(output_axis)
+    return initializers.variance_scaling(2.0 / density, "fan_in", "normal",
+                                         in_axis=in_axis, out_axis=out_axis)
 
 
-_INITIALIZERS["signed_constant"] = signed_constant
+_INITIALIZERS: dict[str, Initializer] = _registry(-1)
+_TRANSPOSED: dict[str, Initializer] = _registry(0)   # output_axis=0
 
 # Initializers that depend on the kept fraction (``get(name, density=...)``).
-_SCALED: dict[str, Callable[[float], Initializer]] = {
+_SCALED: dict[str, Callable[[float, int], Initializer]] = {
     "scaled_kaiming_normal": scaled_kaiming_normal,
     "scaled_signed_constant": scaled_signed_constant,
 }
@@ -233,20 +284,24 @@ def names() -> list[str]:
     return sorted([*_INITIALIZERS, *_SCALED])
 
 
-def get(name: str, density: float = 1.0) -> Initializer:
+def get(name: str, density: float = 1.0, output_axis: int = -1) -> Initializer:
     """The initializer called ``name`` (see `names`).
 
     Args:
         name: a registered name.
         density: the kept fraction in (0, 1], used only by the ``scaled_*``
             initializers (fan-in times ``density``); ignored by the others.
+        output_axis: the layout of the kernels it will draw: -1 (default,
+            Flax ``(..., in, out)``) or 0 (Equinox / PyTorch ``(out, in, ...)``);
+            the fans are read from that layout.
 
     Returns:
         An initializer ``init(key, shape, dtype=float32)``.
 
     Raises:
         ValueError: ``name`` is not registered (the message lists the names);
-            ``density`` is not in (0, 1] for a ``scaled_*`` name.
+            ``density`` is not in (0, 1] for a ``scaled_*`` name;
+            ``output_axis`` is not -1 or 0.
 
     Example:
         >>> import jax
@@ -257,9 +312,10 @@ def get(name: str, density: float = 1.0) -> Initializer:
     """
     if not isinstance(name, str) or name not in (*_SCALED, *_INITIALIZERS):
         raise ValueError(f"unknown initializer {name!r}; choose one of {names()}")
+    fan_axes(output_axis)
     if name in _SCALED:
-        return _SCALED[name](density)
-    return _INITIALIZERS[name]
+        return _SCALED[name](density, output_axis)
+    return (_INITIALIZERS if output_axis == -1 else _TRANSPOSED)[name]
 
 
 def name_of(initializer: Callable) -> str | None:
@@ -273,8 +329,8 @@ def name_of(initializer: Callable) -> str | None:
     return next((name for name, fn in _INITIALIZERS.items() if fn is initializer), None)
 
 
-def resolve(value: str | Callable | None, name: str, density: float = 1.0
-            ) -> Callable | None:
+def resolve(value: str | Callable | None, name: str, density: float = 1.0,
+            output_axis: int = -1) -> Callable | None:
     """An initializer from a registered name or a callable; None passes through.
 
     Args:
@@ -282,6 +338,8 @@ def resolve(value: str | Callable | None, name: str, density: float = 1.0
             ``density``) or an initializer ``init(key, shape, dtype)``.
         name: the argument's name, for the error message.
         density: the kept fraction for the ``scaled_*`` names.
+        output_axis: the kernels' layout for a name (as `get`); a callable
+            is used as given.
 
     Raises:
         ValueError: ``value`` is neither, or an unknown name (the message
@@ -291,7 +349,7 @@ def resolve(value: str | Callable | None, name: str, density: float = 1.0
         return value
     if isinstance(value, str):
         try:
-            return get(value, density=density)
+            return get(value, density=density, output_axis=output_axis)
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
     raise ValueError(

@@ -9,6 +9,14 @@ kernel ``(h, w, in, out)``. Every function here views a leaf as the matrix
 ``leaf.reshape(-1, out)`` and works per column (a 1-D leaf is one vector), so
 arrays keep their shape (and sharding) and no Python loop runs over vectors.
 
+**Layouts.** Flax and the zoo put a unit's output on the *last* axis
+(``(in, out)``, ``(h, w, in, out)``): the default ``output_axis=-1``.
+Equinox and weights converted from PyTorch put it *first* (``(out, in)``,
+``(out, in, kh, kw)``): pass ``output_axis=0``, and the weight vectors are
+then the ``(in, kh, kw)`` slices ``leaf[o]``. The functions here move that
+axis to the end, work as above, and move it back, so leaves keep their
+layout. A 1-D leaf is one vector whatever ``output_axis`` is.
+
 Ranks break ties by position (a stable sort), so `sync` is a deterministic
 function of its inputs even when weights repeat, as they do after random
 pruning (zeros) or with a single shared value. Values are ordered as by
@@ -37,14 +45,51 @@ from randjax.masks import order_key
 
 PyTree = Any
 
-__all__ = ["columns", "find_permutation", "from_lehmer", "lehmer_code", "ranks",
-           "sort_vectors", "sync", "sync_leaf"]
+__all__ = ["check_output_axis", "columns", "find_permutation", "from_lehmer", "lehmer_code",
+           "ranks", "sort_vectors", "sync", "sync_leaf"]
 
 
-def columns(x: jax.Array) -> jax.Array:
+def check_output_axis(output_axis, ndim: int, where: str = "") -> int | None:
+    """``output_axis`` as a non-negative axis of an ``ndim``-D leaf (None for ndim <= 1).
+
+    Args:
+        output_axis: the axis holding a leaf's output units (-1: Flax's
+            ``(..., in, out)``; 0: Equinox's / PyTorch's ``(out, in, ...)``).
+        ndim: the leaf's number of dimensions.
+        where: names the leaf in the error message (e.g. ``"['Dense_0']['kernel']"``).
+
+    Raises:
+        ValueError: ``output_axis`` is not an int (bools excluded) or is out
+            of range ``[-ndim, ndim)``; the message names the leaf and the axis.
+    """
+    if isinstance(output_axis, bool) or not isinstance(output_axis, (int, np.integer)):
+        raise ValueError(f"output_axis must be an int, got {output_axis!r}")
+    if ndim <= 1:
+        return None
+    if not -ndim <= output_axis < ndim:
+        leaf = f"the leaf {where}" if where else "a leaf"
+        raise ValueError(f"output_axis={output_axis} is out of range for {leaf} with "
+                         f"ndim {ndim} (valid: {-ndim} .. {ndim - 1})")
+    return int(output_axis) % ndim
+
+
+def _to_last(x: jax.Array, axis: int | None) -> jax.Array:
+    return x if axis is None or axis == x.ndim - 1 else jnp.moveaxis(x, axis, -1)
+
+
+def _from_last(x: jax.Array, axis: int | None) -> jax.Array:
+    return x if axis is None or axis == x.ndim - 1 else jnp.moveaxis(x, -1, axis)
+
+
+def columns(x: jax.Array, output_axis: int = -1) -> jax.Array:
     """The weight vectors of ``x`` as the columns of a matrix: ``x.reshape(-1, out)``.
 
-    A 1-D ``x`` is one vector (one column).
+    A 1-D ``x`` is one vector (one column). With ``output_axis`` other than
+    the last (e.g. 0 for an Equinox ``(out, in, kh, kw)`` weight), that axis
+    is first moved to the end: column ``o`` is then ``x[o].ravel()``.
+
+    Raises:
+        ValueError: ``output_axis`` is out of range for ``x``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -54,6 +99,7 @@ def columns(x: jax.Array) -> jax.Array:
     """
     if x.ndim <= 1:
         return x.reshape(-1, 1)
+    x = _to_last(x, check_output_axis(output_axis, x.ndim))
     return x.reshape(-1, x.shape[-1])
 
 
@@ -227,15 +273,18 @@ def ranks(x: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
                               inplace=False, mode="promise_in_bounds")
 
 
-def _sort_leaf(x: jax.Array) -> jax.Array:
-    return jnp.sort(columns(x), axis=0).reshape(x.shape)
+def _sort_leaf(x: jax.Array, output_axis: int = -1, where: str = "") -> jax.Array:
+    axis = check_output_axis(output_axis, x.ndim, where)
+    moved = _to_last(x, axis)
+    return _from_last(jnp.sort(columns(moved), axis=0).reshape(moved.shape), axis)
 
 
 def _selected(path, leaf, filter: tree.Filter) -> bool:
     return hasattr(leaf, "ndim") and hasattr(leaf, "dtype") and bool(filter(path, leaf))
 
 
-def sort_vectors(params: PyTree, *, filter: tree.Filter | None = None) -> PyTree:
+def sort_vectors(params: PyTree, *, filter: tree.Filter | None = None,
+                 output_axis: int = -1) -> PyTree:
     """Sorted copy of every weight vector of the leaves chosen by ``filter``.
 
     Args:
@@ -243,11 +292,19 @@ def sort_vectors(params: PyTree, *, filter: tree.Filter | None = None) -> PyTree
         filter: ``filter(path, leaf) -> bool`` chooses the leaves to sort
             (default: kernels, i.e. ``leaf.ndim >= 2``). A chosen 1-D leaf
             is one vector.
+        output_axis: the axis of every chosen leaf (ndim >= 2) that holds its
+            output units: -1 (default) for Flax's ``(..., in, out)``, 0 for
+            Equinox's / PyTorch's ``(out, in, ...)``.
 
     Returns:
-        A pytree of ``params``' structure: chosen leaves with each column of
-        ``leaf.reshape(-1, out)`` sorted ascending (same shape as the leaf),
-        ``None`` at the other leaves.
+        A pytree of ``params``' structure: chosen leaves with each weight
+        vector (column of ``leaf.reshape(-1, out)`` for ``output_axis=-1``)
+        sorted ascending, in the leaf's own shape and layout, ``None`` at the
+        other leaves.
+
+    Raises:
+        ValueError: ``output_axis`` is out of range for a chosen leaf (the
+            message names the leaf).
 
     Example:
         >>> import jax.numpy as jnp
@@ -261,17 +318,22 @@ def sort_vectors(params: PyTree, *, filter: tree.Filter | None = None) -> PyTree
         Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Alg. 1 (theta_sorted).
     """
     filter = tree.is_kernel if filter is None else tree.check_filter(filter)
+    check_output_axis(output_axis, 0)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: _sort_leaf(jnp.asarray(x)) if _selected(path, x, filter) else None,
+        lambda path, x: (_sort_leaf(jnp.asarray(x), output_axis, jax.tree_util.keystr(path))
+                         if _selected(path, x, filter) else None),
         params)
 
 
-def sync_leaf(sorted0: jax.Array, w: jax.Array) -> jax.Array:
+def sync_leaf(sorted0: jax.Array, w: jax.Array, output_axis: int = -1) -> jax.Array:
     """One leaf of `sync`: each vector of ``sorted0`` placed in the ranking of ``w``.
 
     Args:
-        sorted0: a leaf of `sort_vectors` (each column sorted ascending).
+        sorted0: a leaf of `sort_vectors` (each weight vector sorted
+            ascending), made with the same ``output_axis``.
         w: an array of its shape.
+        output_axis: the axis holding the output units (-1: ``(..., in,
+            out)``; 0: ``(out, in, ...)``); ignored for a 1-D leaf.
 
     Returns:
         ``sorted0[ranks(w)]`` per column of ``reshape(-1, out)``, of
@@ -283,17 +345,19 @@ def sync_leaf(sorted0: jax.Array, w: jax.Array) -> jax.Array:
         >>> sync_leaf(jnp.array([1., 2., 3.]), jnp.array([0.5, -4., 0.1])).tolist()
         [3.0, 1.0, 2.0]
     """
-    s, v = columns(sorted0), columns(w)
+    axis = check_output_axis(output_axis, w.ndim)
+    moved = _to_last(w, axis)
+    s, v = columns(_to_last(sorted0, axis)), columns(moved)
     # target[order[j]] = sorted0[j]: the j-th smallest weight of the vector
     # takes the j-th smallest initial value, i.e. sorted0[ranks(w)], with one
     # sort and one scatter instead of two sorts and a gather.
     order = _argsort(v, 0)
     target = jnp.put_along_axis(jnp.empty_like(s), order, s, axis=0,
                                 inplace=False, mode="promise_in_bounds")
-    return target.reshape(w.shape)
+    return _from_last(target.reshape(moved.shape), axis)
 
 
-def sync(sorted0: PyTree, params: PyTree) -> PyTree:
+def sync(sorted0: PyTree, params: PyTree, *, output_axis: int = -1) -> PyTree:
     """LaPerm's synchronisation: sorted initial values in the current ranking.
 
     Every weight vector ``w`` of a leaf with a sorted copy becomes
@@ -303,13 +367,16 @@ def sync(sorted0: PyTree, params: PyTree) -> PyTree:
     Args:
         sorted0: the output of `sort_vectors` (``None`` at skipped leaves).
         params: the current parameters, of ``sorted0``'s structure.
+        output_axis: the output-unit axis the sorted copy was made with
+            (`sort_vectors`): -1 for ``(..., in, out)``, 0 for ``(out, in, ...)``.
 
     Returns:
         ``params`` with every leaf that has a sorted copy replaced (same
         shape and dtype); other leaves are returned unchanged.
 
     Raises:
-        ValueError: the trees or a leaf's shape do not match.
+        ValueError: the trees or a leaf's shape do not match; ``output_axis``
+            is out of range for a leaf (the message names it).
 
     Example:
         >>> import jax.numpy as jnp
@@ -322,24 +389,30 @@ def sync(sorted0: PyTree, params: PyTree) -> PyTree:
     References:
         Qiu & Suda, "Train by Reconnect", NeurIPS 2020, Sec. 4, Alg. 1.
     """
+    check_output_axis(output_axis, 0)
     s_leaves, s_def = jax.tree.flatten(sorted0, is_leaf=tree.is_none)
     try:
         p_leaves = s_def.flatten_up_to(params)
     except (ValueError, TypeError) as error:
         raise ValueError(f"sync: params must have the structure of sorted0: {error}") from None
+    paths = [jax.tree_util.keystr(path) for path, _ in
+             jax.tree_util.tree_flatten_with_path(sorted0, is_leaf=tree.is_none)[0]]
     out = []
-    for s, p in zip(s_leaves, p_leaves):
+    for where, s, p in zip(paths, s_leaves, p_leaves):
         if s is None:
             out.append(p)
             continue
         if jnp.shape(s) != jnp.shape(p):
             raise ValueError(f"sync: a leaf of shape {jnp.shape(p)} has a sorted copy "
                              f"of shape {jnp.shape(s)}")
-        out.append(sync_leaf(jnp.asarray(s), jnp.asarray(p)).astype(jnp.result_type(p)))
+        check_output_axis(output_axis, jnp.ndim(p), where)
+        out.append(sync_leaf(jnp.asarray(s), jnp.asarray(p), output_axis
+                             ).astype(jnp.result_type(p)))
     return s_def.unflatten(out)
 
 
-def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike) -> jax.Array:
+def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike, *,
+                     output_axis: int = -1) -> jax.Array:
     """Indices ``p`` with ``w = w0[p]`` per weight vector.
 
     For ``w`` a per-vector permutation of ``w0`` (e.g. after LaPerm), column
@@ -349,12 +422,15 @@ def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike) -> jax.A
     Args:
         w0: the initial kernel (or one vector).
         w: a kernel of the same shape whose vectors permute ``w0``'s.
+        output_axis: the output-unit axis (-1: ``(..., in, out)``; 0:
+            ``(out, in, ...)``); the result is in the column layout of
+            ``columns(w, output_axis)``.
 
     Returns:
         int32 indices of shape ``(n, out)`` (``(n, 1)`` for a vector).
 
     Raises:
-        ValueError: the shapes differ.
+        ValueError: the shapes differ, or ``output_axis`` is out of range.
 
     Example:
         >>> import jax.numpy as jnp
@@ -365,8 +441,8 @@ def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike) -> jax.A
     w0, w = _check_array(w0, "w0"), _check_array(w, "w")
     if w0.shape != w.shape:
         raise ValueError(f"find_permutation: shapes differ, {w0.shape} vs {w.shape}")
-    order0 = _argsort(columns(w0), 0)
-    return jnp.take_along_axis(order0, ranks(columns(w), 0), axis=0)
+    order0 = _argsort(columns(w0, output_axis), 0)
+    return jnp.take_along_axis(order0, ranks(columns(w, output_axis), 0), axis=0)
 
 
 def _check_columns_permutation(perm: np.ndarray, name: str) -> np.ndarray:

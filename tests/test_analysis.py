@@ -219,3 +219,19 @@ def test_dynamics_hook_every_other_epoch_ranks_since_its_last_record():
     assert hook(3, state(params["Dense_0"]["kernel"])) == {}
     fourth = hook(4, state(reversed_rows))["dynamics"]["Dense_0/kernel"]
     assert fourth["ranking_since"] == 2 and fourth["ranking_distance"] == [0.0, 0.0]
+
+
+def test_frame_potential_of_equinox_layers_with_axis_0():
+    # Equinox (and PyTorch) keep a unit's output first: (out, in, ...).
+    eqx = pytest.importorskip("equinox")
+    k1, k2 = jax.random.split(jax.random.key(0))
+    linear = eqx.nn.Linear(20, 7, key=k1).weight                   # (7, 20)
+    conv = eqx.nn.Conv2d(3, 5, 3, key=k2).weight                   # (5, 3, 3, 3)
+    for w in (linear, conv):
+        flax_layout = jnp.moveaxis(w, 0, -1)
+        np.testing.assert_allclose(analysis.frame_potential(w, axis=0),
+                                   analysis.frame_potential(flax_layout), rtol=1e-6)
+        assert analysis.unit_vectors(w, axis=0).shape == (w.shape[0], w[0].size)
+    # Units are rows: 7 orthonormal rows of a (7, 20) weight give 1/7.
+    q = jnp.linalg.qr(jax.random.normal(k1, (20, 7)))[0].T
+    np.testing.assert_allclose(analysis.frame_potential(q, axis=0), 1 / 7, rtol=1e-5)

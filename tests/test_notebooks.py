@@ -9,6 +9,10 @@ from nbclient import NotebookClient
 NOTEBOOKS = pathlib.Path(__file__).parent.parent / "notebooks"
 TINY = {"quickstart.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
                             'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nREPO_URL = ""\n',
+        "edge_popup.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
+                            'BATCH_SIZE = 64\nLEARNING_RATE = 0.1\nKEEP = 0.5\nREPO_URL = ""\n',
+        "slot_machines.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
+                               'BATCH_SIZE = 64\nLEARNING_RATE = 0.1\nK = 8\nREPO_URL = ""\n',
         "laperm.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 3\n'
                         'BATCH_SIZE = 64\nLEARNING_RATE = 1e-3\nSYNC_PERIOD = 10\n'
                         'REPO_URL = ""\n',

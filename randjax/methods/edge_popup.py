@@ -41,7 +41,8 @@ def edge_popup(density: float, *, scope: str = "layer",
                weight_init: str | Callable | None = None,
                score_init: str | Callable = "pytorch_default",
                rounding: str = "round", train_others: bool = False,
-               scale_fan: str = "kept", store_weights: bool = True) -> Reparam:
+               scale_fan: str = "kept", store_weights: bool = True,
+               output_axis: int = -1) -> Reparam:
     """Edge-popup: train scores, keep the weights with the top-k |scores|.
 
     Weights are frozen at initialisation. Each selected weight ``w`` gets a
@@ -81,6 +82,9 @@ def edge_popup(density: float, *, scope: str = "layer",
         store_weights: False keeps only each weight's key (two uint32) in
             ``frozen`` and redraws the weight inside ``apply``: less memory,
             the same logits. Needs ``weight_init``.
+        output_axis: the kernels' output axis, from which named initializers
+            read fan-in: -1 (default, Flax ``(..., in, out)``) or 0 (Equinox /
+            PyTorch ``(out, in, ...)``). The masks do not depend on it.
 
     Returns:
         A `Reparam` whose ``spec`` lets `randjax.export` save it when
@@ -89,9 +93,9 @@ def edge_popup(density: float, *, scope: str = "layer",
     Raises:
         ValueError: ``density`` not a Python real in (0, 1]; unknown
             ``scope`` or ``rounding``; ``filter`` not callable; a flag not a
-            bool; unknown initializer name (the message
-            lists the names). From ``init``: a selected leaf is not floating
-            or is empty; the filter selects nothing; a named initializer
+            bool; unknown initializer name (the message lists the names);
+            ``output_axis`` not -1 or 0. From ``init``: a selected leaf is not
+            floating or is empty; the filter selects nothing; a named initializer
             needs a kernel (ndim >= 2). From ``apply``: a frozen leaf whose
             shape or dtype does not fit its scores, or swapped trees (the
             message names the leaf).
@@ -117,11 +121,13 @@ def edge_popup(density: float, *, scope: str = "layer",
     filter = tree.check_filter(filter)
     spec = dict(method="edge_popup", density=density, scope=scope, rounding=rounding,
                 scale_fan=scale_fan, weight_init=weight_init)
+    if output_axis != -1:   # files of the default layout keep their spec
+        spec["output_axis"] = output_axis
     named = tuple((argument, value) for argument, value in
                   (("score_init", score_init), ("weight_init", weight_init))
                   if isinstance(value, str))
-    weight_init = scaled_init(weight_init, density, scale_fan)
-    score_init = init_lib.resolve(score_init, "score_init")
+    weight_init = scaled_init(weight_init, density, scale_fan, output_axis)
+    score_init = init_lib.resolve(score_init, "score_init", output_axis=output_axis)
     if score_init is None:
         raise ValueError("score_init must be an initializer name or callable, got None")
     store_weights = tree.check_store_weights(store_weights, weight_init, "edge_popup")
@@ -146,8 +152,9 @@ def edge_popup(density: float, *, scope: str = "layer",
     return Reparam(init, apply, spec if isinstance(spec["weight_init"], str) else None)
 
 
-def scaled_init(weight_init, density: float, scale_fan: str):
+def scaled_init(weight_init, density: float, scale_fan: str, output_axis: int = -1):
     """Resolves edge-popup's ``weight_init`` (see `edge_popup`'s ``scale_fan``)."""
+    init_lib.fan_axes(output_axis)
     tree.check_choice(scale_fan, ("kept", "reference"), "scale_fan")
     fraction = density if scale_fan == "kept" else 1.0 - density
     if (isinstance(weight_init, str) and weight_init.startswith("scaled_")
@@ -155,7 +162,7 @@ def scaled_init(weight_init, density: float, scale_fan: str):
         raise ValueError(
             f"scale_fan='reference' multiplies fan-in by 1 - density = 0 at density "
             f"{density}; use scale_fan='kept' or an unscaled {weight_init!r}")
-    return init_lib.resolve(weight_init, "weight_init", fraction)
+    return init_lib.resolve(weight_init, "weight_init", fraction, output_axis)
 
 
 def edge_popup_masks(scores: list[jax.Array], density: float, scope: str = "layer",
@@ -190,7 +197,8 @@ def edge_popup_masks(scores: list[jax.Array], density: float, scope: str = "laye
 
 
 def _weight_init(spec):
-    return scaled_init(spec["weight_init"], spec["density"], spec["scale_fan"])
+    return scaled_init(spec["weight_init"], spec["density"], spec["scale_fan"],
+                       spec.get("output_axis", -1))
 
 
 def _encode(spec, selected, key):
@@ -210,6 +218,7 @@ def _check_spec(spec):
         rounding=lambda v: tree.check_choice(v, masks.ROUNDINGS, "rounding"),
         scale_fan=lambda v: tree.check_choice(v, ("kept", "reference"), "scale_fan"),
         weight_init=init_lib.get))
+    init_lib.fan_axes(spec.get("output_axis", -1))
 
 
 def _mask_bits(mask: np.ndarray, n: int, name: str) -> np.ndarray:

@@ -43,8 +43,31 @@ from randjax import export, models, permute, tree
 PyTree = Any
 Schedule = Callable[[jax.Array], Any]
 
-__all__ = ["LaPermState", "laperm", "laperm_states", "random_prune", "save_permuted",
-           "shared_value", "synced_params", "synced_state"]
+__all__ = ["LaPermState", "OutputAxis", "laperm", "laperm_states", "random_prune",
+           "save_permuted", "shared_value", "synced_params", "synced_state"]
+
+
+@jax.tree_util.register_static
+class OutputAxis:
+    """A static (leafless, hashable) pytree node holding `laperm`'s ``output_axis``.
+
+    It lives in `LaPermState` so that the axis survives ``jit`` as a Python
+    int, not a traced value.
+    """
+
+    __slots__ = ("axis",)
+
+    def __init__(self, axis: int):
+        self.axis = int(axis)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, OutputAxis) and other.axis == self.axis
+
+    def __hash__(self) -> int:
+        return hash((OutputAxis, self.axis))
+
+    def __repr__(self) -> str:
+        return f"OutputAxis({self.axis})"
 
 
 class LaPermState(NamedTuple):
@@ -59,6 +82,9 @@ class LaPermState(NamedTuple):
         target: the weights the last sync step set (``None`` at skipped
             leaves); `project` (through `randjax.apply_updates`) snaps to
             them when ``synced``.
+        layout: ``None`` for the default ``output_axis=-1``, else a static
+            (leafless) `OutputAxis` recording the ``output_axis`` given to
+            `laperm`, so that `synced_params` syncs the same weight vectors.
     """
 
     inner_state: optax.OptState
@@ -66,6 +92,12 @@ class LaPermState(NamedTuple):
     sorted0: PyTree
     synced: jax.Array
     target: PyTree
+    layout: OutputAxis | None = None
+
+    @property
+    def output_axis(self) -> int:
+        """The axis of a permuted leaf that holds its output units (-1 or 0, ...)."""
+        return -1 if self.layout is None else self.layout.axis
 
     def project(self, params: PyTree) -> PyTree:
         """``params`` with the synced leaves set to ``target`` on sync steps.
@@ -130,8 +162,18 @@ def laperm(inner: optax.GradientTransformation,
            sync_period: int | Schedule = 20, *,
            filter: tree.Filter | None = None,
            include_1d: bool = False,
-           reset_inner_state: bool = False) -> optax.GradientTransformation:
+           reset_inner_state: bool = False,
+           output_axis: int = -1) -> optax.GradientTransformation:
     """Lookahead Permutation: inner steps, then a permutation of theta_0.
+
+    A *weight vector* is all weights feeding one output unit. Which axis of
+    a kernel holds the output units depends on the layout: Flax and the
+    zoo use ``(in, out)`` / ``(h, w, in, out)``, the output last (the
+    default ``output_axis=-1``: vectors are the columns of
+    ``leaf.reshape(-1, out)``); Equinox and PyTorch-converted weights use
+    ``(out, in)`` / ``(out, in, kh, kw)``, the output first
+    (``output_axis=0``: vector ``o`` is ``leaf[o]``, all ``in * kh * kw``
+    weights of filter ``o``).
 
     Every update runs ``inner``; on the updates that complete a period
     (update number ``n = count + 1`` with ``n % k == 0``, ``k`` the sync
@@ -165,6 +207,11 @@ def laperm(inner: optax.GradientTransformation,
             offsets), each as one weight vector, as the reference does with
             ``skip_bias=False, skip_bn=False``.
         reset_inner_state: re-initialise the inner state on every sync step.
+        output_axis: the axis of every permuted leaf with ndim >= 2 that
+            holds its output units: -1 (default, Flax ``(..., in, out)``) or
+            e.g. 0 (Equinox / PyTorch ``(out, in, ...)``). 1-D leaves are one
+            vector whatever it is. Recorded in the state (`LaPermState.layout`)
+            for `synced_params`.
 
     Returns:
         An `optax.GradientTransformation` whose state is a `LaPermState`;
@@ -176,7 +223,9 @@ def laperm(inner: optax.GradientTransformation,
             probed count (the message names the count); ``inner`` is not a
             gradient transformation; ``filter`` is not callable; a flag is not
             a bool; ``init`` finds no leaf to permute; ``update`` gets params
-            of another structure than ``init``.
+            of another structure than ``init``; ``output_axis`` is not an int,
+            or (at ``init``) is out of range for a selected leaf (the message
+            names the leaf and the axis).
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -202,13 +251,19 @@ def laperm(inner: optax.GradientTransformation,
     include_1d = tree.check_bool(include_1d, "laperm: include_1d")
     reset_inner_state = tree.check_bool(reset_inner_state, "laperm: reset_inner_state")
     base = tree.is_kernel if filter is None else tree.check_filter(filter, "laperm: filter")
+    permute.check_output_axis(output_axis, 0)
+    output_axis = int(output_axis)
+    layout = None if output_axis == -1 else OutputAxis(output_axis)
     sync_period = _check_period(sync_period)  # last: a schedule is called (JAX runs)
 
     def select(path, leaf) -> bool:
         return bool(base(path, leaf)) or (include_1d and getattr(leaf, "ndim", 0) == 1)
 
     def init_fn(params):
-        sorted0 = permute.sort_vectors(params, filter=select)
+        try:
+            sorted0 = permute.sort_vectors(params, filter=select, output_axis=output_axis)
+        except ValueError as error:
+            raise ValueError(f"laperm: {error}") from None
         if not any(s is not None for s in jax.tree.leaves(sorted0, is_leaf=_is_empty)):
             raise ValueError("laperm: the filter selects no leaf of params to permute")
         for s in jax.tree.leaves(sorted0):
@@ -219,7 +274,7 @@ def laperm(inner: optax.GradientTransformation,
         target = jax.tree.map(jnp.array, sorted0)
         return LaPermState(inner_state=inner.init(params),
                            count=jnp.zeros((), jnp.int32), sorted0=sorted0,
-                           synced=jnp.zeros((), bool), target=target)
+                           synced=jnp.zeros((), bool), target=target, layout=layout)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -247,7 +302,7 @@ def laperm(inner: optax.GradientTransformation,
                     continue
                 p = jnp.asarray(p)
                 moved = (p + u).astype(p.dtype)   # as optax.apply_updates
-                target = permute.sync_leaf(s, moved).astype(p.dtype)
+                target = permute.sync_leaf(s, moved, output_axis).astype(p.dtype)
                 out.append((target - p).astype(jnp.result_type(u)))
                 kept.append(target)
             return treedef.unflatten(out), treedef.unflatten(kept)
@@ -259,7 +314,7 @@ def laperm(inner: optax.GradientTransformation,
             inner_state = optax.tree_utils.tree_where(do_sync, inner.init(params),
                                                       inner_state)
         return new_updates, LaPermState(inner_state, optax.safe_increment(state.count),
-                                        state.sorted0, do_sync, target)
+                                        state.sorted0, do_sync, target, layout)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -275,7 +330,8 @@ def synced_params(params: PyTree, opt_state: PyTree) -> PyTree:
 
     Every leaf that a `LaPermState` in ``opt_state`` permutes is replaced by
     `randjax.permute.sync` of its sorted initial vectors, in the ranking of
-    its current values (the other leaves are returned unchanged). The result
+    its current values (the other leaves are returned unchanged), with the
+    ``output_axis`` that `laperm` was given (kept in the state). The result
     is bitwise a per-vector permutation of the initial weights, whatever the
     step: evaluate it to measure accuracy "right after a sync" at a step that
     is not a sync step (e.g. the end of an epoch whose length is not a
@@ -307,7 +363,7 @@ def synced_params(params: PyTree, opt_state: PyTree) -> PyTree:
         is reported right after a synchronization).
     """
     for state in laperm_states(opt_state):
-        params = permute.sync(state.sorted0, params)
+        params = permute.sync(state.sorted0, params, output_axis=state.output_axis)
     return params
 
 

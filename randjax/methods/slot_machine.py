@@ -204,9 +204,9 @@ def slot_select(options: jax.Array, scores: jax.Array, *, mode: str = "greedy",
 # Initializers of options and scores.
 
 
-def _bounds(init: str, shape) -> tuple[float, float]:
+def _bounds(init: str, shape, output_axis: int = -1) -> tuple[float, float]:
     """``(option bound, score bound)`` of a kernel of ``shape`` (without K)."""
-    fan_in, fan_out = init_lib.fans(shape)
+    fan_in, fan_out = init_lib.fans(shape, output_axis)
     if init == "official":
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         return bound, bound
@@ -216,7 +216,7 @@ def _bounds(init: str, shape) -> tuple[float, float]:
 
 
 @functools.cache
-def _option_init(init: str, k: int, shared: bool) -> Callable:
+def _option_init(init: str, k: int, shared: bool, output_axis: int = -1) -> Callable:
     """``f(key, leaf_shape, dtype)`` drawing a leaf's options.
 
     Cached, so `randjax.tree.draw` (jitted, this function static) compiles
@@ -225,15 +225,15 @@ def _option_init(init: str, k: int, shared: bool) -> Callable:
     """
 
     def draw(key, shape, dtype=jnp.float32):
-        bound, _ = _bounds(init, shape)
+        bound, _ = _bounds(init, shape, output_axis)
         size = (k,) if shared else (*shape, k)
         return _uniform(key, size, dtype, -bound, bound)
 
     return draw
 
 
-def _scores(init: str, k: int, key, leaf) -> jax.Array:
-    _, bound = _bounds(init, leaf.shape)
+def _scores(init: str, k: int, output_axis: int, key, leaf) -> jax.Array:
+    _, bound = _bounds(init, leaf.shape, output_axis)
     return _uniform(key, (*leaf.shape, k), leaf.dtype, 0.0, bound)
 
 
@@ -249,7 +249,7 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
                  eval_selection: str | None = None,
                  filter: tree.Filter = tree.is_kernel,
                  shared_options: bool = False, train_others: bool = False,
-                 store_weights: bool = True) -> Reparam:
+                 store_weights: bool = True, output_axis: int = -1) -> Reparam:
     """Slot Machines: train scores that pick one of K frozen random options.
 
     Every selected leaf of shape ``S`` is replaced by ``slot_select(options,
@@ -260,7 +260,8 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
     selected leaves (the paper samples at evaluation too, the default).
 
     Initialisation (fans of ``S`` in JAX's convention: dense ``(in, out)``;
-    conv ``(h, w, in, out)`` with the receptive field in both fans):
+    conv ``(h, w, in, out)`` with the receptive field in both fans; with
+    ``output_axis=0`` read as Equinox's / PyTorch's ``(out, in, h, w)``):
 
     * ``init="official"``, what maxwell-aladago/slot-machines does
       (``linear.py`` ``xavier_uniform_``, L31-35; ``conv2d.py``
@@ -287,15 +288,20 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
         store_weights: False keeps only the options' key (raw key data) in
             ``frozen`` and redraws the options inside ``apply`` with the same
             jitted draw: less memory, bitwise the same logits.
+        output_axis: the kernels' output axis, from which the fans are
+            read: -1 (default, Flax ``(..., in, out)``) or 0 (Equinox /
+            PyTorch ``(out, in, ...)``).
 
     Returns:
         A `Reparam` with ``spec = {"method": "slot_machine", "k", "selection",
-        "eval_selection", "init", "shared_options"}``.
+        "eval_selection", "init", "shared_options"}`` (plus ``"output_axis"``
+        when it is not -1).
 
     Raises:
         ValueError: ``k`` not an int >= 2 (bools rejected); unknown
             ``selection``, ``eval_selection`` or ``init``; a flag not a bool;
-            ``filter`` not callable. From ``init``: a selected leaf not
+            ``filter`` not callable; ``output_axis`` not -1 or 0. From
+            ``init``: a selected leaf not
             floating, empty or not a kernel; the filter selects nothing. From
             ``apply``: ``key`` is None while sampling; options (frozen) whose
             shape or dtype does not fit the scores, or swapped trees (the
@@ -325,12 +331,15 @@ def slot_machine(k: int, *, selection: str = "greedy", init: str = "official",
     train_others = tree.check_bool(train_others, "train_others")
     store_weights = tree.check_bool(store_weights, "store_weights")
     filter = tree.check_filter(filter)
-    option_init = _option_init(init, k, shared_options)
+    init_lib.fan_axes(output_axis)
+    option_init = _option_init(init, k, shared_options, output_axis)
     spec = dict(method="slot_machine", k=k, selection=selection,
                 eval_selection=eval_selection, init=init, shared_options=shared_options)
+    if output_axis != -1:   # files of the default layout keep their spec
+        spec["output_axis"] = output_axis
 
     def init_fn(key, params):
-        make = functools.partial(_scores, init, k)
+        make = functools.partial(_scores, init, k, output_axis)
         return tree.split(key, params, filter=filter, make_trainable=make,
                           weight_init=option_init, train_others=train_others,
                           method="slot_machine", named=(("init", init),),
@@ -491,7 +500,8 @@ def unpack_indices(packed, k: int, n: int) -> np.ndarray:
 
 
 def _option_init_of(spec) -> Callable:
-    return _option_init(spec["init"], spec["k"], spec["shared_options"])
+    return _option_init(spec["init"], spec["k"], spec["shared_options"],
+                        spec.get("output_axis", -1))
 
 
 def _encode(spec, selected, key):
@@ -520,6 +530,7 @@ def _check_spec(spec):
         k=_check_k, init=lambda v: tree.check_choice(v, _INITS, "init"),
         shared_options=lambda v: tree.check_bool(v, "shared_options"),
         eval_selection=_check_greedy))
+    init_lib.fan_axes(spec.get("output_axis", -1))
 
 
 def _stored_indices(packed, k: int, n: int, name: str) -> np.ndarray:

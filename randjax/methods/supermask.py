@@ -28,7 +28,7 @@ def supermask(*, logit_init: float = 0.0,
               sample_at_eval: bool = True, dynamic_scaling: bool = False,
               train_others: bool = False,
               weight_init: str | Callable | None = None,
-              store_weights: bool = True) -> Reparam:
+              store_weights: bool = True, output_axis: int = -1) -> Reparam:
     """Zhou et al.'s supermask: train mask logits over frozen weights.
 
     Each selected weight ``w`` gets a trainable logit ``l`` (constant
@@ -54,13 +54,17 @@ def supermask(*, logit_init: float = 0.0,
             initializer re-draws them.
         store_weights: False keeps only each weight's key in ``frozen`` and
             redraws the weight inside ``apply`` (as `randjax.edge_popup`).
+        output_axis: the kernels' output axis, from which a named
+            ``weight_init`` reads fan-in: -1 (default, Flax) or 0 (Equinox /
+            PyTorch ``(out, in, ...)``).
 
     Returns:
         A `Reparam`; its ``apply`` needs ``key`` whenever it samples.
 
     Raises:
         ValueError: ``logit_init`` not a finite real; a flag not a bool;
-            ``filter`` not callable; unknown initializer name. From ``init``:
+            ``filter`` not callable; unknown initializer name; ``output_axis``
+            not -1 or 0. From ``init``:
             as `randjax.edge_popup`. From ``apply``: ``key`` is None while
             sampling; trees that do not pair up, as `randjax.edge_popup`.
 
@@ -84,7 +88,8 @@ def supermask(*, logit_init: float = 0.0,
     train_others = tree.check_bool(train_others, "train_others")
     filter = tree.check_filter(filter)
     named = (("weight_init", weight_init),) if isinstance(weight_init, str) else ()
-    weight_init = init_lib.resolve(weight_init, "weight_init")
+    init_lib.fan_axes(output_axis)
+    weight_init = init_lib.resolve(weight_init, "weight_init", output_axis=output_axis)
     store_weights = tree.check_store_weights(store_weights, weight_init, "supermask")
 
     def init(key, params):

@@ -295,3 +295,29 @@ def test_apply_refuses_trees_that_would_broadcast_or_are_swapped():
 def test_filter_must_be_callable():
     with pytest.raises(ValueError, match="filter must be a callable filter"):
         randjax.edge_popup(0.5, filter="kernel")
+
+
+def test_output_axis_0_reads_fan_in_from_an_equinox_conv(tmp_path):
+    eqx = pytest.importorskip("equinox")
+    params = {"conv": eqx.nn.Conv2d(32, 64, 3, key=jax.random.key(0)).weight}  # (64, 32, 3, 3)
+    rp = randjax.edge_popup(0.5, weight_init="scaled_signed_constant", output_axis=0)
+    trainable, frozen = rp.init(jax.random.key(1), params)
+    fan_in = 32 * 3 * 3
+    scores = np.abs(np.asarray(trainable["conv"]))       # pytorch_default: U(+-1/sqrt(fan_in))
+    assert 0.99 / math.sqrt(fan_in) < scores.max() <= 1 / math.sqrt(fan_in)
+    np.testing.assert_allclose(np.unique(np.abs(np.asarray(frozen["conv"]))),
+                               [math.sqrt(2 / (fan_in * 0.5))], rtol=1e-6)
+    info = randjax.export.save(tmp_path / "eqx", rp, trainable, frozen, key=jax.random.key(1))
+    np.testing.assert_array_equal(randjax.export.load(info.path)["conv"],
+                                  rp.apply(trainable, frozen)["conv"])
+    assert rp.spec["output_axis"] == 0 and "output_axis" not in randjax.edge_popup(
+        0.5, weight_init="signed_constant").spec
+    # Supermask's named weight_init reads the same layout.
+    _, masked = randjax.supermask(weight_init="signed_constant", output_axis=0).init(
+        jax.random.key(1), params)
+    np.testing.assert_allclose(np.unique(np.abs(np.asarray(masked["conv"]))),
+                               [math.sqrt(2 / fan_in)], rtol=1e-6)
+    for make in (lambda: randjax.edge_popup(0.5, output_axis=1),
+                 lambda: randjax.supermask(output_axis=-2)):
+        with pytest.raises(ValueError, match="output_axis must be -1"):
+            make()

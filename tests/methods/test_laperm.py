@@ -559,3 +559,72 @@ def test_sync_period_schedule_checked_after_the_other_arguments():
     with pytest.raises(ValueError, match="include_1d"):
         laperm(optax.sgd(0.1), lambda count: calls.append(count) or 2, include_1d="no")
     assert calls == []
+
+
+# --------------------------------------------------------------------------- #
+# output_axis: Equinox / PyTorch layouts (out, in, ...)
+# --------------------------------------------------------------------------- #
+
+def _eqx_weights():
+    eqx = pytest.importorskip("equinox")
+    k1, k2 = jax.random.split(jax.random.key(3))
+    return {"linear": eqx.nn.Linear(20, 7, key=k1).weight,       # (7, 20)
+            "conv": eqx.nn.Conv2d(3, 5, 3, key=k2).weight}       # (5, 3, 3, 3)
+
+
+def _per_unit_sorted(w):
+    w = np.asarray(w)
+    return np.sort(w.reshape(w.shape[0], -1), axis=1)
+
+
+def test_output_axis_0_keeps_each_equinox_unit_a_permutation_of_its_initial_weights():
+    params = _eqx_weights()
+    assert params["linear"].shape == (7, 20) and params["conv"].shape == (5, 3, 3, 3)
+    tx = laperm(optax.sgd(0.5), sync_period=2, output_axis=0)
+    state = tx.init(params)
+    assert state.output_axis == 0 and state.layout == laperm_lib.OutputAxis(0)
+    target = jax.tree.map(lambda w: jax.random.normal(jax.random.key(9), w.shape), params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(lambda p: sum(jnp.sum((p[k] - target[k]) ** 2) for k in p))(params)
+        updates, state = tx.update(grads, state, params)
+        return apply_updates(params, updates, state), state
+
+    p = params
+    for _ in range(6):
+        p, state = step(p, state)
+    assert bool(state.synced)
+    for name, w0 in params.items():
+        w = np.asarray(p[name])
+        np.testing.assert_array_equal(_per_unit_sorted(w), _per_unit_sorted(w0))
+        assert not np.array_equal(w, np.asarray(w0)), name    # the weights moved
+    # The default layout would mix units: its vectors are the last axis.
+    moved = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(1), w.shape),
+                         params)
+    synced = laperm_lib.synced_params(moved, state)
+    for name, w0 in params.items():
+        np.testing.assert_array_equal(_per_unit_sorted(synced[name]), _per_unit_sorted(w0))
+
+
+def test_output_axis_0_matches_the_default_on_transposed_weights():
+    params = _eqx_weights()
+    flax_layout = {k: jnp.moveaxis(w, 0, -1) for k, w in params.items()}
+    grads = jax.tree.map(lambda w: jax.random.normal(jax.random.key(4), w.shape), params)
+    flax_grads = {k: jnp.moveaxis(g, 0, -1) for k, g in grads.items()}
+    tx0, tx = laperm(optax.sgd(1.0), 1, output_axis=0), laperm(optax.sgd(1.0), 1)
+    u0, s0 = tx0.update(grads, tx0.init(params), params)
+    u, s = tx.update(flax_grads, tx.init(flax_layout), flax_layout)
+    for k in params:
+        np.testing.assert_array_equal(
+            np.moveaxis(np.asarray(apply_updates(params, u0, s0)[k]), 0, -1),
+            apply_updates(flax_layout, u, s)[k])
+    assert s.layout is None and s.output_axis == -1
+
+
+def test_output_axis_is_checked():
+    params = {"w": jnp.ones((3, 4))}
+    with pytest.raises(ValueError, match="output_axis must be an int"):
+        laperm(optax.sgd(0.1), output_axis=0.0)
+    with pytest.raises(ValueError, match=r"output_axis=2 is out of range for the leaf \['w'\]"):
+        laperm(optax.sgd(0.1), output_axis=2).init(params)

@@ -404,3 +404,26 @@ def test_apply_refuses_wrong_option_shapes_and_swapped_trees():
         shared.apply(options, scores)
     with pytest.raises(ValueError, match="filter must be a callable filter"):
         slot_machine(4, filter=0)
+
+
+@pytest.mark.parametrize("init", ["official", "paper"])
+def test_output_axis_0_reads_the_fans_of_an_equinox_conv(tmp_path, init):
+    eqx = pytest.importorskip("equinox")
+    weight = eqx.nn.Conv2d(32, 64, 3, key=jax.random.key(0)).weight   # (64, 32, 3, 3)
+    params = {"conv": weight}
+    bound = math.sqrt(6.0 / (288 + 576)) if init == "official" else math.sqrt(2 / 864)
+    rp = randjax.slot_machine(8, init=init, output_axis=0)
+    trainable, frozen = rp.init(jax.random.key(1), params)
+    options = np.abs(np.asarray(frozen["conv"]))
+    assert options.max() <= bound and options.max() > 0.99 * bound
+    # The default layout reads (64, 32, 3, 3) as (h, w, in, out) = fans 6144 / 96.
+    _, misread = randjax.slot_machine(8, init=init).init(jax.random.key(1), params)
+    assert np.abs(np.asarray(misread["conv"])).max() < 0.5 * bound
+    assert rp.spec["output_axis"] == 0 and "output_axis" not in randjax.slot_machine(8).spec
+    info = export.save(tmp_path / "eqx", rp, trained_scores(trainable), frozen,
+                       key=jax.random.key(1))
+    np.testing.assert_array_equal(
+        export.load(info.path)["conv"],
+        rp.apply(trained_scores(trainable), frozen, train=False)["conv"])
+    with pytest.raises(ValueError, match="output_axis must be -1"):
+        randjax.slot_machine(8, output_axis=1)
