@@ -85,6 +85,14 @@ call of `randjax.analysis.dynamics_hook` with spectra on every kernel, with
 ``hook_over_epoch``, its share of dense's epoch, and ``hook_parts_ms``, its
 measures timed alone (each over every kernel in one jitted program; ``ranks``
 is one ranking, the ranking distance's share).
+
+``--conv_phases`` times Conv-4's step and every layer's phases instead
+(`experiments.conv_phases`; `experiments.pytorch_conv4` times PyTorch's).
+
+``--end_to_end=NAMES`` (comma-separated presets, or ``all``) times instead
+the whole process of ``python -m experiments.train`` on each preset, cold
+and warm compilation cache, phase by phase over ``--repeats`` rounds
+(`experiments.end_to_end`).
 """
 
 from __future__ import annotations
@@ -92,9 +100,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import pathlib
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +111,7 @@ from absl import app, flags
 from flax import nnx
 
 import randjax
-from experiments import registry
+from experiments import conv_phases, end_to_end, registry, timing
 from randjax import data as data_lib
 from randjax import models, permute, train
 
@@ -143,6 +150,14 @@ _FP_REFERENCE_REMOVALS = flags.DEFINE_integer(
 _MODEL_APIS = flags.DEFINE_bool(
     "model_apis", False, "Also time the dense epoch of the same MLP as a Linen module, an NNX "
     "module and plain functions (an MLP --model: lenet300_100, mlp400x3, f1, f2).")
+_END_TO_END = flags.DEFINE_list(
+    "end_to_end", [], "Presets (or 'all') to run end to end as `experiments.train` "
+    "processes, cold and warm cache, timing each phase (experiments.end_to_end).")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Rounds of --end_to_end (medians).", lower_bound=1)
+_CONV_PHASES = flags.DEFINE_bool(
+    "conv_phases", False, "Instead, time Conv-4's step and each layer's forward, input and "
+    "kernel gradients and pooling (experiments.conv_phases; PyTorch's: "
+    "experiments.pytorch_conv4).")
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
     "CPU (--nofast_conv_grad: XLA's own, to compare).")
@@ -155,21 +170,6 @@ def _synthetic(shape, n, num_classes=10, seed=0) -> data_lib.Dataset:
     empty = split(0)
     return data_lib.Dataset("synthetic", split(n), empty, empty, num_classes,
                             tuple(shape), np.zeros(shape[-1]), np.ones(shape[-1]))
-
-
-def _interleaved_medians(fns: dict, repeats: int) -> dict:
-    """Median seconds of each ``fn()``, timed in turn round by round.
-
-    Interleaving spreads the machine's drift (other load, clock changes)
-    over all methods alike, so their ratios are fair.
-    """
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def prepare(model_name: str, dataset: data_lib.Dataset, batch: int,
@@ -247,14 +247,14 @@ def benchmark(model_name: str, dataset: data_lib.Dataset, batch: int,
     """
     compiled = {name: prepare(model_name, dataset, batch, method.optimizer, method.reparam)
                 for name, method in methods.items()}
-    step_seconds = _interleaved_medians({n: c[0] for n, c in compiled.items()}, steps)
+    step_seconds = timing.interleaved_medians({n: c[0] for n, c in compiled.items()}, steps)
     block_seconds = {}
     if block > 0:
         blocks = {n: functools.partial(_steps, c[0], block) for n, c in compiled.items()}
-        block_seconds = _interleaved_medians(blocks, max(5, steps // block))
+        block_seconds = timing.interleaved_medians(blocks, max(5, steps // block))
     # Each epoch, fit's divergence check of it, and the epoch without the
     # check's in-epoch reduction, timed in turn.
-    epoch_and_check = _interleaved_medians(
+    epoch_and_check = timing.interleaved_medians(
         {f"{n}{part}": c[i] for n, c in compiled.items()
          for part, i in (("", 1), ("/check", 2), ("/unchecked", 3))}, epochs)
     epoch_seconds = {n: epoch_and_check[n] for n in compiled}
@@ -295,7 +295,7 @@ def sync_seconds(model_name: str, dataset: data_lib.Dataset, include_1d: bool,
                          params)
     sync = jax.jit(randjax.permute.sync)
     jax.block_until_ready(sync(sorted0, moved))  # compile
-    return _interleaved_medians({"sync": functools.partial(sync, sorted0, moved)},
+    return timing.interleaved_medians({"sync": functools.partial(sync, sorted0, moved)},
                                 repeats)["sync"]
 
 
@@ -334,7 +334,7 @@ def update_seconds(model_name: str, dataset: data_lib.Dataset,
         go()  # compile
         return go
 
-    seconds = _interleaved_medians({n: runner(tx) for n, tx in txs.items()}, repeats)
+    seconds = timing.interleaved_medians({n: runner(tx) for n, tx in txs.items()}, repeats)
     return {name: s / steps for name, s in seconds.items()}
 
 
@@ -348,7 +348,7 @@ def selection_seconds(n: int, repeats: int) -> dict:
     fns = {"kth_largest": jax.jit(lambda x: randjax.kth_largest(x, k)),
            "sort": jax.jit(lambda x: jnp.sort(x)[n - k])}
     assert fns["kth_largest"](x) == fns["sort"](x)  # compiles both, checks exactness
-    seconds = _interleaved_medians({name: functools.partial(fn, x)
+    seconds = timing.interleaved_medians({name: functools.partial(fn, x)
                                     for name, fn in fns.items()}, repeats)
     return {"size": n, "kth_largest_ms": 1e3 * seconds["kth_largest"],
             "sort_ms": 1e3 * seconds["sort"],
@@ -373,7 +373,7 @@ def global_mask_seconds(model_name: str, dataset: data_lib.Dataset,
            "sort": lambda: sort(flat)}
     for fn in fns.values():
         jax.block_until_ready(fn())  # compile
-    seconds = _interleaved_medians(fns, repeats)
+    seconds = timing.interleaved_medians(fns, repeats)
     return {"weights": int(flat.size), "global_mask_ms": 1e3 * seconds["mask"],
             "sort_ms": 1e3 * seconds["sort"]}
 
@@ -417,7 +417,7 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
 
     one_epoch()  # compile
     # Scaled to the full epoch (the bare scan drops the remainder batch).
-    seconds = _interleaved_medians({"bare": one_epoch}, epochs)["bare"]
+    seconds = timing.interleaved_medians({"bare": one_epoch}, epochs)["bare"]
     return seconds * math.ceil(len(y) / batch) / steps
 
 
@@ -482,7 +482,7 @@ def model_api_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     first = {name: fn() for name, fn in epochs.items()}  # compile; the same numbers
     same = {name: bool(np.allclose(first[name], first["linen"], rtol=1e-5, atol=1e-6))
             for name in apis}
-    seconds = _interleaved_medians(epochs, repeats)
+    seconds = timing.interleaved_medians(epochs, repeats)
     # Every API trained 1 + repeats epochs from the same weights: the leaves
     # (Dense_i / layers[i] / [i], bias then kernel) in flattening order.
     weights = {name: jax.tree.leaves(jax.device_get(state.trainable))
@@ -521,7 +521,7 @@ def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     # round differently from single ones, and SGD amplifies it over an epoch.
     difference = max(float(jnp.max(jnp.abs(run[1] - vmapped[1][i])))
                      for i, run in enumerate(looped))
-    times = _interleaved_medians({"loop": loop, "vmap": together}, epochs)
+    times = timing.interleaved_medians({"loop": loop, "vmap": together}, epochs)
     return {"seeds": seeds, "loop_seconds": times["loop"], "vmap_seconds": times["vmap"],
             "vmap_speedup": times["loop"] / times["vmap"], "max_loss_difference": difference}
 
@@ -566,12 +566,12 @@ def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
         "spectrum": analysis.spectrum}.items()}
     for part in parts.values():
         jax.block_until_ready(part(kernels))  # compile
-    times = _interleaved_medians({
+    times = timing.interleaved_medians({
         "loo": lambda: fast_loo(kernel), "loo_reference": lambda: slow_loo(kernel, alive),
         "greedy": lambda: greedy(kernel), "greedy_reference": reference_greedy}, repeats)
     # Apart from the references, whose large loops would evict the hook's data
     # from the caches between its calls (training does not).
-    times.update(_interleaved_medians({
+    times.update(timing.interleaved_medians({
         "hook": lambda: hook(1, state),
         **{name: functools.partial(part, kernels) for name, part in parts.items()}},
         3 * repeats))
@@ -589,6 +589,29 @@ def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
 
 def main(argv):
     del argv
+    if _END_TO_END.value:
+        names = _END_TO_END.value
+        try:
+            report = end_to_end.run(end_to_end.preset_names() if names == ["all"] else names,
+                                    _REPEATS.value)
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+        print(f"end to end, {_REPEATS.value} round(s), seconds (medians; "
+              f"{platform.processor() or platform.machine()}, jax {jax.__version__}):")
+        print(end_to_end.table(report))
+        text = json.dumps(report, indent=2)
+        print(text)
+        if _JSON.value:
+            pathlib.Path(_JSON.value).write_text(text + "\n")
+        return
+    if _CONV_PHASES.value:
+        report = conv_phases.conv4_phase_ms(_BATCH.value, _STEPS.value)
+        print(f"conv4, batch {_BATCH.value}, 32x32x3, {jax.device_count()} "
+              f"{jax.default_backend()} device(s), median ms:")
+        for part, phases in report.items():
+            print(part.ljust(8) + "  ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+        print(json.dumps(report, indent=2))
+        return
     if _SELECT_SIZE.value > 0:
         report = selection_seconds(_SELECT_SIZE.value, _STEPS.value)
         print(f"k-th largest of {report['size']} float32 (k = n/2): kth_largest "

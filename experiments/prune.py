@@ -55,6 +55,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import randjax
+from experiments import compile_cache
 from experiments import train as train_lib
 from experiments.configs import gimp
 from experiments.configs import tom as tom_config
@@ -502,24 +503,12 @@ def plot(series: dict[str, list[dict]], out, *, title: str = "") -> None:
     plt.close(fig)
 
 
-def use_compilation_cache(directory) -> None:
-    """Keeps XLA's executables in ``directory`` unless a cache is configured already.
-
-    Every round is a fresh `randjax.fit` whose programs are the same as the
-    previous round's (the masks are arguments, not constants): with the
-    cache only the first round compiles. Call it before anything compiles.
-    """
-    if jax.config.jax_compilation_cache_dir is None:
-        jax.config.update("jax_compilation_cache_dir", str(directory))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
-    use_compilation_cache(pathlib.Path(FLAGS.workdir) / "xla_cache")
+    compile_cache.use(pathlib.Path(FLAGS.workdir) / "xla_cache")
     try:
         summary = run(FLAGS.config, FLAGS.workdir)
     except randjax.train.DivergenceError as error:

@@ -39,7 +39,7 @@ import pathlib
 import ml_collections
 from absl import app, flags
 
-from experiments import prune, sweeps, train
+from experiments import compile_cache, prune, sweeps, train
 from experiments.configs import gimp
 from experiments.sweeps import Records
 
@@ -188,7 +188,7 @@ def cached_main(get_config, studies, argv):
 
     Every round of a pruning run recompiles the previous round's programs.
     """
-    prune.use_compilation_cache(pathlib.Path(flags.FLAGS.work_dir) / "xla_cache")
+    compile_cache.use(pathlib.Path(flags.FLAGS.work_dir) / "xla_cache")
     sweeps.main(get_config, studies, argv)
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
+import pathlib
 import re
 import sys
+import time
 import warnings
 
 import jax
@@ -30,9 +33,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import randjax
-from experiments import distributed, registry
+from experiments import compile_cache, distributed, registry
 from randjax import data as data_lib
 from randjax import models, tree
+from randjax.methods.slot_machine import slot_sgd
 
 FLAGS = flags.FLAGS
 _MODEL_OPTIONS = ("width", "use_bias", "batch_norm", "bn_momentum", "bn_epsilon", "dropout")
@@ -167,12 +171,20 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, *,
     PyTorch's ``SGD(weight_decay=wd)`` adds ``wd * w`` to the gradient before
     momentum; `optax.add_decayed_weights` before `optax.sgd` does the same.
     The learning rate is injected (`optax.inject_hyperparams`), so `randjax.fit`
-    logs it. A method may wrap this optimizer (LaPerm, Lookahead: see its
-    config's ``build``). ``schedule`` replaces `make_schedule`'s (iterative
-    pruning restarts, fast-forwards or freezes it per round).
+    logs it. With ``config.slot_mode="factored"`` (a Slot Machine config) SGD
+    is `randjax.methods.slot_machine.slot_sgd`, the same SGD on the scores in
+    one number per connection. A method may wrap this optimizer (LaPerm,
+    Lookahead: see its config's ``build``). ``schedule`` replaces
+    `make_schedule`'s (iterative pruning restarts, fast-forwards or freezes
+    it per round).
     """
 
     def optimizer(learning_rate):
+        if config.optimizer == "sgd" and config.get("slot_mode") == "factored":
+            # A factored Slot Machine: the same SGD on its scores, in one number
+            # per connection (the config's build refuses other optimizers).
+            return slot_sgd(learning_rate, momentum=config.momentum,
+                            nesterov=config.nesterov, weight_decay=config.weight_decay)
         if config.optimizer == "sgd":
             sgd = optax.sgd(learning_rate, momentum=config.momentum or None,
                             nesterov=config.nesterov)
@@ -228,7 +240,8 @@ def load_dataset(config: ml_collections.ConfigDict) -> data_lib.Dataset:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
                        *, progress: bool = True, reparam: randjax.Reparam | None = None,
-                       model=None, **fit_kwargs) -> randjax.train.FitResult:
+                       model=None, dataset: data_lib.Dataset | None = None,
+                       **fit_kwargs) -> randjax.train.FitResult:
     """Loads the data, builds model, method and optimizer, and runs `randjax.fit`.
 
     The one entry point of every experiment: the CLI, the studies and the
@@ -236,8 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
     (`experiments.registry`); ``reparam`` replaces its reparametrization
     (e.g. `randjax.dense_from` to start from given weights); ``model``
     replaces ``config.model``'s zoo model with any model `randjax.fit` takes
-    (a Linen or NNX module, `randjax.models.from_functions`); ``fit_kwargs``
-    go to `randjax.fit`.
+    (a Linen or NNX module, `randjax.models.from_functions`); ``dataset`` is
+    ``load_dataset(config)`` when the caller has loaded it already;
+    ``fit_kwargs`` go to `randjax.fit`.
 
     Returns:
         The `randjax.train.FitResult`; its ``summary`` is the run's summary.
@@ -247,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
             (`check_run_config`), before any data is read.
     """
     check_run_config(config)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config) if dataset is None else dataset
     method = build_method(config, len(dataset.train.y))
     return randjax.fit(
         make_model(config, dataset.num_classes) if model is None else model, dataset,
@@ -326,6 +340,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv):
+    entered = time.time()   # after the imports
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
@@ -338,17 +353,24 @@ def main(argv):
         distributed.initialize_from_flags()
     except ValueError as error:
         _exit_usage(f"FATAL distributed setup error: {error}")
+    compile_cache.use_from_flags()
     primary = jax.process_index() == 0
     if primary:
         print(f"devices: {jax.devices()}")
     try:
-        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        loading = time.perf_counter()
+        dataset = load_dataset(FLAGS.config)
+        data_seconds = time.perf_counter() - loading
+        result = train_and_evaluate(FLAGS.config, FLAGS.workdir, dataset=dataset)
     except randjax.train.DivergenceError as error:
         # A diverged run: one line (the epoch and step), status 1.
         sys.stderr.write(f"FATAL {type(error).__name__}: {error}\n")
         sys.exit(1)
     if not primary:
         return
+    # What summary.json cannot see: when the imports ended and the data load.
+    pathlib.Path(FLAGS.workdir, "timings.json").write_text(json.dumps(
+        {"main_unix": entered, "data_seconds": data_seconds}) + "\n")
     for record in result.history:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in record.items()))
@@ -363,6 +385,7 @@ def _define_flags():
                                      lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
     distributed.define_flags()
+    compile_cache.define_flags()
 
 
 if __name__ == "__main__":

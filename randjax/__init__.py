@@ -27,7 +27,7 @@ from randjax.methods.edge_popup import edge_popup
 from randjax.methods.laperm import LaPermState, laperm
 from randjax.methods.lookahead import lookahead, lookahead_reparam
 from randjax.methods.masked import masked
-from randjax.methods.slot_machine import slot_machine, slot_select
+from randjax.methods.slot_machine import slot_machine, slot_select, slot_sgd
 from randjax.methods.supermask import supermask
 from randjax.methods.tom import tom, tom_gradients
 from randjax.reparam import Reparam, apply_updates, dense, dense_from
@@ -40,6 +40,6 @@ __all__ = [
     "LaPermState", "Reparam", "analysis", "apply_updates", "bernoulli_mask", "data",
     "dense", "dense_from", "edge_popup", "export", "fit", "init", "is_kernel",
     "kth_largest", "laperm", "lookahead", "lookahead_reparam", "masked", "masks", "methods",
-    "models", "permute", "pruning", "slot_machine", "slot_select", "supermask", "threshold_mask",
-    "tom", "tom_gradients", "topk_mask", "train", "tree",
+    "models", "permute", "pruning", "slot_machine", "slot_select", "slot_sgd", "supermask",
+    "threshold_mask", "tom", "tom_gradients", "topk_mask", "train", "tree",
 ]

@@ -152,12 +152,10 @@ def read_idx(path) -> np.ndarray:
     """
     path = os.fspath(path)
     try:
+        with open(path, "rb") as f:
+            data = f.read()
         if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = gzip.decompress(data)   # one call: faster than streaming reads
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise ValueError(f"{path}: corrupt or truncated gzip stream ({e})") from e
     if len(data) < 4 or data[:2] != b"\0\0":
@@ -230,7 +228,7 @@ def _load_idx_dir(paths: dict[str, str]) -> _Raw:
                 f"{paths['x_' + part]}, {paths['y_' + part]}: need images (N, H, W[, C]) and "
                 f"labels (N,), got {x.shape} and {y.shape}"
             )
-        splits.append(Split(_to_unit(x, paths["x_" + part]), y))
+        splits.append(Split(_as_images(x, paths["x_" + part]), y))
     return _Raw(splits[0], splits[1], None, (paths["y_train"], paths["y_test"]))
 
 
@@ -259,7 +257,7 @@ def _load_tfds(name: str, data_dir: str | None) -> _Raw | str:
         if x.ndim == 3:  # grayscale stored without a channel axis
             x = x[..., None]
         y = np.asarray([r["label"] for r in records])
-        splits.append(Split(_to_unit(x, f"tfds {name}"), y))
+        splits.append(Split(_as_images(x, f"tfds {name}"), y))
     try:
         num_classes = int(sources[0].dataset_info.features["label"].num_classes)
     except (AttributeError, KeyError, TypeError):
@@ -287,17 +285,38 @@ def _load_digits() -> _Raw:
 # ----------------------------------------------------------------------- helpers
 
 
-def _to_unit(x: np.ndarray, source: str) -> np.ndarray:
-    """uint8 images to float32 in [0, 1], NHWC; float images are kept as they are."""
+def _as_images(x: np.ndarray, source: str) -> np.ndarray:
+    """NHWC images: uint8 kept as bytes (`_normalized` converts them once), floats as float32.
+
+    Floating images are taken to be in [0, 1] already.
+    """
     if x.ndim == 3:
         x = x[..., None]
     if x.dtype == np.uint8:
-        x = x.astype(np.float32)
-        x /= np.float32(255.0)
         return x
     if np.issubdtype(x.dtype, np.floating):
         return x.astype(np.float32)
     raise ValueError(f"{source}: images must be uint8 or floating point, got {x.dtype}")
+
+
+def _byte_levels() -> np.ndarray:
+    """The 256 float32 values uint8 pixels stand for in [0, 1]: ``float32(v) / 255``."""
+    return np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+def _byte_counts(x: np.ndarray) -> np.ndarray:
+    """``(256,)`` int64 counts of the values of a uint8 array.
+
+    Counts pixel pairs (a uint16 view: half the elements `np.bincount` must
+    widen) and folds the 65,536 pair counts back into bytes.
+    """
+    flat = np.ascontiguousarray(x).reshape(-1)
+    pairs = np.bincount(flat[:flat.size // 2 * 2].view(np.uint16), minlength=1 << 16)
+    pairs = pairs.reshape(256, 256)
+    counts = pairs.sum(axis=0) + pairs.sum(axis=1)
+    if flat.size % 2:
+        counts[flat[-1]] += 1
+    return counts
 
 
 def _candidate_dirs(name: str, data_dir: str | None) -> list[str]:
@@ -420,19 +439,41 @@ def _check_labels(name: str, raw: _Raw, num_classes: int | None) -> int:
 
 
 def _channel_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (float64 accumulation) of NHWC images; std 0 -> 1."""
-    mean = x.mean(axis=(0, 1, 2), dtype=np.float64)
-    centered = x - mean.astype(np.float32)
-    var = np.square(centered, out=centered).mean(axis=(0, 1, 2), dtype=np.float64)
+    """Per-channel mean and std (float64 accumulation) of NHWC images in [0, 1]; std 0 -> 1.
+
+    For uint8 images the sums run over the 256 pixel values weighted by their
+    counts: the float32 arithmetic per value is that of the float path, only
+    the float64 summation order differs.
+    """
+    if x.dtype == np.uint8:
+        counts = np.stack([_byte_counts(x[..., c]) for c in range(x.shape[-1])], axis=1)
+        n = counts.sum(axis=0)
+        levels = _byte_levels()[:, None]
+        mean = (counts * levels.astype(np.float64)).sum(axis=0) / n
+        centered = levels - mean.astype(np.float32)
+        var = (counts * np.square(centered).astype(np.float64)).sum(axis=0) / n
+    else:
+        mean = x.mean(axis=(0, 1, 2), dtype=np.float64)
+        centered = x - mean.astype(np.float32)
+        var = np.square(centered, out=centered).mean(axis=(0, 1, 2), dtype=np.float64)
     std = np.sqrt(var)
     return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
 
 
-def _standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(x - mean) / std without a second full-size temporary."""
-    x = x - mean
-    x /= std
-    return x
+def _normalized(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """float32 ``(x - mean) / std`` of images in [0, 1] (uint8: ``v / 255``).
+
+    uint8 images go through a 256-entry table per channel, one pass with no
+    float temporaries; the table holds the float path's float32 results.
+    """
+    if x.dtype != np.uint8:
+        x = x - mean
+        x /= std
+        return x
+    table = (_byte_levels()[:, None] - mean) / std          # (256, channels)
+    if x.shape[-1] == 1:
+        return table[:, 0][x]
+    return table[x, np.arange(x.shape[-1])]
 
 
 def _check_data_dir(data_dir) -> str | None:
@@ -517,7 +558,8 @@ def load(
     mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
     if normalize == "standardize":
         mean, std = _channel_statistics(train.x)
-        train, val, test = (Split(_standardize(s.x, mean, std), s.y) for s in (train, val, test))
+    if normalize == "standardize" or train.x.dtype == np.uint8:
+        train, val, test = (Split(_normalized(s.x, mean, std), s.y) for s in (train, val, test))
     return Dataset(name, train, val, test, int(num_classes), tuple(train.x.shape[1:]), mean, std)
 
 

@@ -55,7 +55,26 @@ Initializer = initializers.Initializer
 
 _GAIN = math.sqrt(2.0)  # ReLU gain, as in hidden-networks
 
-kaiming_normal: Initializer = initializers.variance_scaling(2.0, "fan_in", "normal")
+def _normal(scale: float, mode: str, output_axis: int = -1) -> Initializer:
+    """``variance_scaling(scale, mode, "normal")`` drawing the same bits in and out of `jax.jit`.
+
+    In one jitted program XLA folds the standard deviation into the constant
+    factor inside `jax.random.normal` (sqrt 2), which rounds differently from
+    the draw followed by a multiplication, as eager mode (and every earlier
+    run) computes it. A barrier keeps the two apart, so the one jitted
+    initialisation of `randjax.train.init_state` draws exactly the weights
+    that ``model.init`` draws eagerly.
+    """
+    def init(key, shape, dtype=jnp.float32):
+        fan_in, fan_out = fans(shape, output_axis)
+        denominator = fan_in if mode == "fan_in" else (fan_in + fan_out) / 2
+        std = jnp.sqrt(jnp.array(scale / denominator, dtype=dtype))
+        return jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype)) * std
+
+    return init
+
+
+kaiming_normal: Initializer = _normal(2.0, "fan_in")
 """He et al. (2015) normal init as PyTorch's ``kaiming_normal_``: fan-in,
 untruncated, std = sqrt(2 / fan_in)."""
 
@@ -148,11 +167,12 @@ def he_uniform(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32, *
 def _registry(output_axis: int) -> dict[str, Initializer]:
     """The named initializers for kernels whose output units lie on ``output_axis``."""
     if output_axis == -1:   # the module's own objects, so that `name_of` finds them
-        return {"kaiming_normal": kaiming_normal, "he_uniform": he_uniform,
-                "signed_constant": signed_constant, **_variance_scaling(-2, -1)}
+        return {"kaiming_normal": kaiming_normal, "xavier_normal": _normal(1.0, "fan_avg"),
+                "he_uniform": he_uniform, "signed_constant": signed_constant,
+                **_variance_scaling(-2, -1)}
     in_axis, out_axis = fan_axes(output_axis)
-    return {"kaiming_normal": initializers.variance_scaling(
-                2.0, "fan_in", "normal", in_axis=in_axis, out_axis=out_axis),
+    return {"kaiming_normal": _normal(2.0, "fan_in", output_axis),
+            "xavier_normal": _normal(1.0, "fan_avg", output_axis),
             "he_uniform": functools.partial(he_uniform, output_axis=output_axis),
             "signed_constant": _signed_constant(1.0, output_axis),
             **_variance_scaling(in_axis, out_axis)}
@@ -164,7 +184,6 @@ def _variance_scaling(in_axis: int, out_axis: int) -> dict[str, Initializer]:
                                              in_axis=in_axis, out_axis=out_axis)
 
     return {"kaiming_uniform": scaling(2.0, "fan_in", "uniform"),
-            "xavier_normal": scaling(1.0, "fan_avg", "normal"),
             "xavier_uniform": scaling(1.0, "fan_avg", "uniform"),
             "lecun_normal": scaling(1.0, "fan_in", "truncated_normal"),
             "pytorch_default": scaling(1.0 / 3.0, "fan_in", "uniform")}
@@ -264,9 +283,8 @@ def scaled_kaiming_normal(density: float, output_axis: int = -1) -> Initializer:
         Network?", CVPR 2020; He et al., ICCV 2015.
     """
     density = tree.check_density(density)
-    in_axis, out_axis = fan_axes(output_axis)
-    return initializers.variance_scaling(2.0 / density, "fan_in", "normal",
-                                         in_axis=in_axis, out_axis=out_axis)
+    fan_axes(output_axis)
+    return _normal(2.0 / density, "fan_in", output_axis)
 
 
 _INITIALIZERS: dict[str, Initializer] = _registry(-1)

@@ -46,13 +46,12 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -63,6 +62,9 @@ from randjax.models.adapters import ModelFunctions, as_model, describe
 from randjax.reparam import Reparam, apply_updates, dense
 from randjax.tree import check_choice, check_int
 from randjax.writers import JsonlWriter, MetricWriter, TensorBoardWriter, finite_json
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 PyTree = Any
 EpochHook = Callable[[int, "TrainState"], Mapping[str, Any]]
@@ -156,23 +158,52 @@ def init_state(model, reparam: Reparam, tx: optax.GradientTransformation,
     ``{"params": ..., "batch_stats": ...}``, else ``{"params": ...,
     "model_state": ...}``; ``step`` is the step count the state starts at.
 
+    Everything runs as one jitted program (one compile instead of one per
+    operation); an ``init`` that returns arrays it holds (NNX, see
+    `ModelFunctions.jit_init`) runs before it, eagerly. A method whose init
+    needs concrete values (e.g. `randjax.masked` with masks whose kept count
+    depends on the weights) falls back to eager, op-by-op execution.
+
     Raises:
         ValueError: ``variables`` whose collections, structure, shapes or
             dtypes differ from the model's.
     """
     model = as_model(model)
-    model_key, reparam_key = _init_keys(key)
-    x = jnp.zeros((1, *input_shape), jnp.float32)
-    if variables is None:
-        params, model_state = model.init(model_key, x)
-    else:
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    given = None
+    if variables is not None:
         given = model.split_variables(variables)
-        _check_variables(given, jax.eval_shape(model.init, model_key, x))
-        params, model_state = jax.tree.map(jnp.array, given)  # copies: fit donates the state
-    trainable, frozen = reparam.init(reparam_key, params)
-    return TrainState(step=jnp.asarray(step, jnp.int32), trainable=trainable,
-                      frozen=frozen, model_state=model_state,
-                      opt_state=tx.init(trainable))
+        _check_variables(given, jax.eval_shape(model.init, _init_keys(key)[0], x))
+        given = jax.tree.map(jnp.array, given)  # copies: fit donates the state
+    elif not model.jit_init:
+        given = model.init(_init_keys(key)[0], jnp.zeros(x.shape, x.dtype))
+
+    def initial(key, given):
+        model_key, reparam_key = _init_keys(key)
+        if given is None:
+            given = model.init(model_key, jnp.zeros(x.shape, x.dtype))
+        params, model_state = given
+        trainable, frozen = reparam.init(reparam_key, params)
+        return TrainState(step=jnp.asarray(step, jnp.int32), trainable=trainable,
+                          frozen=frozen, model_state=model_state,
+                          opt_state=tx.init(trainable))
+
+    try:
+        lowered = jax.jit(initial).lower(key, given)
+    except _NEEDS_VALUES:
+        return initial(key, given)
+    options = _INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+    return lowered.compile(compiler_options=options)(key, given)
+
+
+_NEEDS_VALUES = (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+                 jax.errors.TracerArrayConversionError)
+
+# The init program runs once: XLA:CPU's cheaper code generation compiles it
+# about 3x faster (a second or more per model otherwise, mostly the random
+# draws' code) and computes the same bits (tests/test_train.py checks it).
+_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1,
+                          "xla_llvm_disable_expensive_passes": True}
 
 
 def _check_variables(given: tuple, expected: tuple) -> None:
@@ -367,11 +398,14 @@ def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entro
     model = as_model(model)
 
     def evaluate(state, x, y, valid, key):
+        # The method's weights once for all chunks (as `_logits` derives them).
+        reparam_key, dropout_key = jax.random.split(key)
+        params = reparam.apply(state.trainable, state.frozen, key=reparam_key, train=False)
+
         def chunk_sums(inputs):
             xc, yc, vc = _shard_batch(mesh, *inputs)
-            logits, _ = _logits(model, reparam, (state.trainable, state.frozen,
-                                                 state.model_state),
-                                xc, key, train=False)
+            logits, _ = model.apply(params, state.model_state, xc, train=False,
+                                    key=dropout_key)
             return (loss_fn(logits, yc) * vc).sum(), ((logits.argmax(-1) == yc) * vc).sum()
 
         shape = lambda a: a.reshape(-1, chunk, *a.shape[1:])
@@ -437,6 +471,12 @@ def _fresh_progress(epoch: int = 0) -> _Progress:
                                        np.float32(-1.0), np.float64(0.0))))
 
 
+def _orbax():
+    """``orbax.checkpoint``, imported on first use: only a run with a workdir needs it."""
+    import orbax.checkpoint  # noqa: PLC0415 (0.13 s that in-memory fits skip)
+    return orbax.checkpoint
+
+
 def _restore(manager: ocp.CheckpointManager, state: TrainState, workdir: pathlib.Path):
     """Restores (state, progress) from the newest checkpoint that restores.
 
@@ -448,6 +488,7 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, workdir: pathlib
     Raises:
         ValueError: no checkpoint restores; the message gives each one's reason.
     """
+    ocp = _orbax()
     target = {"state": state, "progress": _fresh_progress()}
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     failures = []
@@ -478,6 +519,16 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, workdir: pathlib
 
 
 _FILES = "randjax_files.json"
+
+
+def _finish_saving(manager: ocp.CheckpointManager, workdir: pathlib.Path) -> None:
+    """Waits for the newest asynchronous save, then records its files (`_record_files`)."""
+    manager.wait_until_finished()
+    step = manager.latest_step()
+    if step is not None and is_primary():
+        checkpoint = workdir / "checkpoints" / str(step)
+        if not (checkpoint / _FILES).exists():
+            _record_files(checkpoint)
 
 
 def _record_files(checkpoint: pathlib.Path) -> None:
@@ -696,8 +747,11 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
     to_device = lambda tree: replicate(tree, mesh)
 
     init_key, train_key, eval_key = _fit_keys(seed)
-    state = to_device(init_state(model, reparam, tx, dataset.input_shape, init_key,
-                                 variables=variables, step=start_step))
+    init_start = time.perf_counter()
+    state = jax.block_until_ready(to_device(init_state(
+        model, reparam, tx, dataset.input_shape, init_key, variables=variables,
+        step=start_step)))
+    init_seconds = time.perf_counter() - init_start
     _check_output_width(model, reparam, state, dataset)
     train_x, train_y = to_device((dataset.train.x, dataset.train.y))
     chunk = -(-eval_batch_size // num_devices) * num_devices
@@ -736,11 +790,15 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         workdir = pathlib.Path(workdir).absolute()
         workdir.mkdir(parents=True, exist_ok=True)
         _check_config(workdir / "config.json", config)
+        ocp = _orbax()
         manager = ocp.CheckpointManager(
             workdir / "checkpoints",
-            # Synchronous: once `save` returns, a killed run can resume from it.
+            # Asynchronous: `save` returns once the state is copied to the host
+            # and the files are written while the next epoch trains. orbax
+            # commits a checkpoint (renames it into place) only when all of it
+            # is written, so a killed run resumes from the last complete one.
             options=ocp.CheckpointManagerOptions(max_to_keep=2,
-                                                 enable_async_checkpointing=False))
+                                                 enable_async_checkpointing=True))
         resuming = bool(manager.all_steps())
         _check_fingerprint(workdir, fingerprint(), resuming)
         if resuming:
@@ -767,7 +825,9 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
             if workdir is not None:
                 _save_snapshot(workdir, k, snapshots[k])
 
-    step_losses, checkpoint_seconds, diverged = [], 0.0, False
+    step_losses, diverged = [], False
+    checkpoint_seconds = eval_seconds = epochs_seconds = 0.0
+    first_epoch_unix = None
     start_epoch = int(prog.epoch)
     start_time = time.perf_counter() - float(prog.wall_seconds)
     # Compile ahead, so that epoch times measure training alone.
@@ -778,77 +838,90 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         compile_seconds = time.perf_counter() - start_time - float(prog.wall_seconds)
     bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="train",
                     unit="epoch", disable=not (progress and is_primary()), leave=False)
-    for epoch in bar:
-        epoch_start = time.perf_counter()
-        begin = first_batch if epoch == first_epoch else 0
-        first = epoch * steps_per_epoch
-        cuts = [k - first for k in snapshot_steps if first + begin < k < first + steps_per_epoch]
+    try:
+        for epoch in bar:
+            epoch_start = time.perf_counter()
+            first_epoch_unix = first_epoch_unix or time.time()
+            begin = first_batch if epoch == first_epoch else 0
+            first = epoch * steps_per_epoch
+            cuts = [k - first for k in snapshot_steps
+                    if first + begin < k < first + steps_per_epoch]
+            take_snapshot(state)
+            parts = []
+            for a, b in zip([begin, *cuts], [*cuts, None]):
+                state, *out = epoch_fn(a, b)(state, train_x, train_y,
+                                             jax.random.fold_in(train_key, epoch))
+                parts.append([np.atleast_1d(a) for a in jax.device_get(out)])
+                if b is not None:
+                    take_snapshot(state)
+            losses, accs, sizes, finite = (np.concatenate(a) for a in zip(*parts))
+            problem = find_nonfinite(losses, bool(finite.all()), int(state.step), epoch + 1, begin)
+            train_seconds = time.perf_counter() - epoch_start
+            epochs_seconds += train_seconds
+            if problem is not None:
+                if on_nonfinite == "stop":
+                    if manager is not None:   # the last finite checkpoint, complete
+                        _finish_saving(manager, workdir)
+                    raise DivergenceError(
+                        f"training diverged: {problem[0]}. "
+                        + (f"{workdir} keeps its last finite checkpoint (epoch "
+                           f"{manager.latest_step()}). " if manager and manager.latest_step()
+                           else "")
+                        + "Lower the learning rate, or pass on_nonfinite='continue' to train "
+                        "on regardless.", epoch + 1, problem[1])
+                if not diverged:
+                    warnings.warn(f"training diverged: {problem[0]}; continuing as "
+                                  "on_nonfinite='continue' asks", stacklevel=2)
+                    _keep_last_finite(manager, workdir)
+                diverged = True
+            step_losses.append(losses)
+            record = {"epoch": epoch + 1, "step": int(state.step),
+                      "train_loss": float(np.average(losses, weights=sizes)),
+                      "train_accuracy": float(np.average(accs, weights=sizes)),
+                      "learning_rate": _learning_rate(state.opt_state),
+                      "epoch_seconds": train_seconds}
+            eval_start = time.perf_counter()
+            eval_state = state if transform is None else transform(state)
+            if transform is not None:
+                record["eval_transform"] = getattr(eval_transform, "__name__", repr(eval_transform))
+            for name, split in eval_splits.items():
+                loss, acc = evaluate(eval_state, *split, jax.random.fold_in(eval_key, epoch))
+                record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)
+            eval_seconds += time.perf_counter() - eval_start
+            if epoch_hook is not None:
+                record.update({k: _jsonable(v) for k, v in epoch_hook(epoch + 1, state).items()})
+            prog = _update_progress(prog, record, time.perf_counter() - start_time)
+            record["wall_seconds"] = float(prog.wall_seconds)
+            history.append(record)
+            shown = "val" if "val_accuracy" in record else "test"
+            bar.set_postfix({"loss": f"{record['train_loss']:.4f}",
+                             shown: f"{record.get(shown + '_accuracy', float('nan')):.4f}"})
+            for writer in owned + writers:
+                writer.write(record)
+            if manager is not None and ((epoch + 1) % checkpoint_every == 0
+                                        or epoch + 1 == epochs):
+                save_start = time.perf_counter()
+                _finish_saving(manager, workdir)
+                manager.save(epoch + 1, args=ocp.args.StandardSave(   # by every process
+                    {"state": state, "progress": prog}))
+                checkpoint_seconds += time.perf_counter() - save_start
         take_snapshot(state)
-        parts = []
-        for a, b in zip([begin, *cuts], [*cuts, None]):
-            state, *out = epoch_fn(a, b)(state, train_x, train_y,
-                                         jax.random.fold_in(train_key, epoch))
-            parts.append([np.atleast_1d(a) for a in jax.device_get(out)])
-            if b is not None:
-                take_snapshot(state)
-        losses, accs, sizes, finite = (np.concatenate(a) for a in zip(*parts))
-        problem = find_nonfinite(losses, bool(finite.all()), int(state.step), epoch + 1, begin)
-        train_seconds = time.perf_counter() - epoch_start
-        if problem is not None:
-            if on_nonfinite == "stop":
-                raise DivergenceError(
-                    f"training diverged: {problem[0]}. "
-                    + (f"{workdir} keeps its last finite checkpoint (epoch "
-                       f"{manager.latest_step()}). " if manager and manager.latest_step()
-                       else "")
-                    + "Lower the learning rate, or pass on_nonfinite='continue' to train "
-                    "on regardless.", epoch + 1, problem[1])
-            if not diverged:
-                warnings.warn(f"training diverged: {problem[0]}; continuing as "
-                              "on_nonfinite='continue' asks", stacklevel=2)
-                _keep_last_finite(manager, workdir)
-            diverged = True
-        step_losses.append(losses)
-        record = {"epoch": epoch + 1, "step": int(state.step),
-                  "train_loss": float(np.average(losses, weights=sizes)),
-                  "train_accuracy": float(np.average(accs, weights=sizes)),
-                  "learning_rate": _learning_rate(state.opt_state),
-                  "epoch_seconds": train_seconds}
-        eval_state = state if transform is None else transform(state)
-        if transform is not None:
-            record["eval_transform"] = getattr(eval_transform, "__name__", repr(eval_transform))
-        for name, split in eval_splits.items():
-            loss, acc = evaluate(eval_state, *split, jax.random.fold_in(eval_key, epoch))
-            record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)
-        if epoch_hook is not None:
-            record.update({k: _jsonable(v) for k, v in epoch_hook(epoch + 1, state).items()})
-        prog = _update_progress(prog, record, time.perf_counter() - start_time)
-        record["wall_seconds"] = float(prog.wall_seconds)
-        history.append(record)
-        shown = "val" if "val_accuracy" in record else "test"
-        bar.set_postfix({"loss": f"{record['train_loss']:.4f}",
-                         shown: f"{record.get(shown + '_accuracy', float('nan')):.4f}"})
-        for writer in owned + writers:
-            writer.write(record)
-        if manager is not None and ((epoch + 1) % checkpoint_every == 0
-                                    or epoch + 1 == epochs):
+    finally:   # also when an epoch or a hook raises: no save is left half-written
+        bar.close()
+        for writer in owned:
+            writer.close()
+        if manager is not None:
             save_start = time.perf_counter()
-            manager.save(epoch + 1, args=ocp.args.StandardSave(   # by every process
-                {"state": state, "progress": prog}))
-            if is_primary():
-                _record_files(workdir / "checkpoints" / str(epoch + 1))
+            _finish_saving(manager, workdir)
+            manager.close()
             checkpoint_seconds += time.perf_counter() - save_start
-    bar.close()
-    for writer in owned:
-        writer.close()
-    take_snapshot(state)
-    if manager is not None:
-        manager.wait_until_finished()
-        manager.close()
 
     summary = _summary(state, prog, history, num_devices)
-    summary["compile_seconds"] = compile_seconds
-    summary["checkpoint_seconds"] = checkpoint_seconds  # of this call's saves
+    # This call's time, by phase (a resumed run's earlier calls not included).
+    summary.update(init_seconds=init_seconds, compile_seconds=compile_seconds,
+                   train_seconds=epochs_seconds, eval_seconds=eval_seconds,
+                   checkpoint_seconds=checkpoint_seconds,
+                   first_epoch_unix=first_epoch_unix)
     summary["start_step"] = start_step
     if workdir is not None and is_primary():
         _write_atomic(workdir / "summary.json",
@@ -882,7 +955,10 @@ def find_nonfinite(losses: np.ndarray, finite: bool, step: int, epoch: int,
 
 def _keep_last_finite(manager: ocp.CheckpointManager | None, workdir) -> None:
     """Copies the newest checkpoint to ``last_finite_checkpoint/`` (once per workdir)."""
-    if manager is None or manager.latest_step() is None or not is_primary():
+    if manager is None:
+        return
+    _finish_saving(manager, workdir)
+    if manager.latest_step() is None or not is_primary():
         return
     target = workdir / "last_finite_checkpoint"
     if not target.exists():
@@ -935,12 +1011,14 @@ def _snapshot_path(workdir: pathlib.Path, step: int) -> pathlib.Path:
 
 
 def _save_snapshot(workdir: pathlib.Path, step: int, state: TrainState) -> None:
+    ocp = _orbax()
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(_snapshot_path(workdir, step), state, force=True)
         checkpointer.wait_until_finished()
 
 
 def _load_snapshot(workdir: pathlib.Path, step: int, like: TrainState) -> TrainState:
+    ocp = _orbax()
     path = _snapshot_path(workdir, step)
     if not path.exists():
         raise ValueError(f"{workdir} resumes past step {step}, but holds no snapshot of it "

@@ -466,3 +466,27 @@ def test_augment_crop_pads_with_pad_value_per_channel():
     for c in range(2):
         values = set(np.unique(out[..., c]).tolist())
         assert values == {1.0, float(pad_value[c])}, values
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (9, 7, 3), (5, 5)])
+@pytest.mark.parametrize("normalize", ["standardize", "unit"])
+def test_uint8_images_normalise_bitwise_as_float_arithmetic(tmp_path, shape, normalize):
+    # load converts bytes through a 256-entry table and counts pixel values
+    # (odd pixel counts included: 5 x 5); the values must be exactly those of
+    # the float32 arithmetic x / 255, then (x - mean) / std, with float64 sums.
+    x_train, _, x_test, _ = _write_idx_dataset(tmp_path / "d", n_train=41, shape=shape)
+    loaded = data.load(str(tmp_path / "d"), val_fraction=0.0, normalize=normalize)
+    unit = lambda x: (x.reshape(len(x), *shape[:2], -1).astype(np.float32) / np.float32(255))
+    train, test = unit(x_train), unit(x_test)
+    mean = np.zeros(train.shape[-1], np.float32)
+    std = np.ones(train.shape[-1], np.float32)
+    if normalize == "standardize":
+        mean64 = train.mean(axis=(0, 1, 2), dtype=np.float64)
+        var = np.square(train - mean64.astype(np.float32)).mean(axis=(0, 1, 2),
+                                                                dtype=np.float64)
+        mean, std = mean64.astype(np.float32), np.sqrt(var).astype(np.float32)
+    np.testing.assert_array_equal(loaded.mean, mean)
+    np.testing.assert_array_equal(loaded.std, std)
+    for split, expected in ((loaded.train, train), (loaded.test, test)):
+        assert split.x.dtype == np.float32
+        np.testing.assert_array_equal(split.x, (expected - mean) / std)

@@ -116,3 +116,18 @@ def test_the_core_imports_without_the_extras():
                          timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "6"
+
+
+def test_heavy_dependencies_are_imported_only_where_used():
+    # Startup time: the experiment CLI's imports leave out what a run may not
+    # need (orbax is imported by the first fit with a workdir).
+    heavy = ["orbax.checkpoint", "matplotlib", "tensorflow_datasets", "sklearn",
+             "tensorboardX", "equinox"]
+    code = ("import sys, randjax, experiments.train, experiments.benchmark\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])\n"
+            "randjax.data.load('digits')\n"
+            "print('sklearn' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False, cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]

@@ -425,3 +425,63 @@ def test_a_resumed_run_returns_the_snapshots_taken_before(digits, tmp_path):
     assert sorted(resumed.snapshots) == [5]
     assert randjax.train.params_sha256(resumed.snapshots[5].trainable) == \
         randjax.train.params_sha256(first.snapshots[5].trainable)
+
+
+@pytest.mark.parametrize("model_name, method", [
+    ("lenet300_100", "dense"), ("lenet300_100", "edge_popup"), ("lenet300_100", "slot"),
+    ("lenet300_100", "laperm"), ("conv2", "supermask"), ("conv2", "dense_bn")])
+def test_init_state_is_one_program_drawing_the_eager_state_bitwise(model_name, method,
+                                                                   caplog):
+    # init_state jits model, method and optimizer init together; the state
+    # must be bitwise the one the three inits give run eagerly, op by op (the
+    # presets' params_sha256 depend on it; so does redrawing a LaPerm
+    # network's initial weights with model.init for export).
+    reparam, tx = randjax.dense(), optax.sgd(0.1, momentum=0.9)
+    options = {}
+    if method == "edge_popup":
+        reparam = randjax.edge_popup(0.5, weight_init="signed_constant")
+    elif method == "slot":
+        reparam = randjax.slot_machine(8)
+    elif method == "supermask":
+        reparam = randjax.supermask(weight_init="kaiming_normal")
+    elif method == "laperm":
+        tx = randjax.laperm(optax.adam(1e-3), 20, include_1d=True)
+    elif method == "dense_bn":
+        options = dict(batch_norm=True)
+    model = models.get(model_name, num_classes=10, **options)
+    key = jax.random.key(7)
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        state = train.init_state(model, reparam, tx, (28, 28, 1), key)
+    compiled = [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("Finished XLA compilation")]
+    model_key, reparam_key = jax.random.split(key)
+    variables = dict(model.init(model_key, jnp.zeros((1, 28, 28, 1))))
+    params = variables.pop("params")
+    trainable, frozen = reparam.init(reparam_key, params)
+    eager = train.TrainState(jnp.zeros((), jnp.int32), trainable, frozen, variables,
+                             tx.init(trainable))
+    assert jax.tree.structure(state) == jax.tree.structure(eager)
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(eager)):
+        if jnp.issubdtype(want.dtype, jax.dtypes.prng_key):
+            got, want = jax.random.key_data(got), jax.random.key_data(want)
+        np.testing.assert_array_equal(got, want)
+    assert len(compiled) <= 1, compiled    # 0 when an earlier test compiled it
+
+
+def test_init_state_falls_back_to_eager_for_a_method_needing_concrete_values():
+    # masked's masks keep a count computed from the weights (an int(...) of
+    # an array): tracing fails, init_state runs the inits eagerly instead.
+    def masks(key, params):
+        scores = randjax.pruning.magnitude(randjax.pruning.select(params))
+        return randjax.pruning.masks_at_density(scores, 0.3)
+
+    model = models.get("lenet300_100", num_classes=10)
+    key = jax.random.key(1)
+    state = train.init_state(model, randjax.masked(masks), optax.sgd(0.1), (8, 8, 1), key)
+    model_key, reparam_key = jax.random.split(key)
+    params = model.init(model_key, jnp.zeros((1, 8, 8, 1)))["params"]
+    _, frozen = randjax.masked(masks).init(reparam_key, params)
+    for got, want in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(frozen)):
+        np.testing.assert_array_equal(got, want)
+    kept = sum(int(m.sum()) for m in jax.tree.leaves(frozen) if m.dtype == bool)
+    assert kept == round(0.3 * (64 * 300 + 300 * 100 + 100 * 10))

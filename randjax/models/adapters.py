@@ -52,6 +52,12 @@ class ModelFunctions:
             `fit`'s ``variables`` argument; by default ``variables`` is
             ``{"params": ..., "model_state": ...}`` (Linen models take their
             own ``{"params": ..., "batch_stats": ...}``).
+        jit_init: whether `randjax.train.init_state` may trace ``init``
+            inside its one jitted program (Linen: a pure function of the key
+            that draws its arrays). False for an ``init`` that returns arrays
+            it holds (NNX modules, most hand-written models): traced, they
+            would be baked into the program as constants; it then runs
+            eagerly and only the method's and optimizer's state are jitted.
     """
 
     init: Callable[[jax.Array, jax.Array], tuple[PyTree, PyTree]]
@@ -59,6 +65,7 @@ class ModelFunctions:
     name: str
     split_variables: Callable[[Mapping], tuple[PyTree, PyTree]] = (
         lambda variables: _params_and_state(variables))
+    jit_init: bool = False
 
 
 def _params_and_state(variables: Mapping) -> tuple[PyTree, PyTree]:
@@ -142,7 +149,7 @@ def from_linen(module: nn.Module) -> ModelFunctions:
         rest = dict(variables)
         return rest.pop("params"), rest
 
-    return ModelFunctions(init, apply, describe(module), split_variables)
+    return ModelFunctions(init, apply, describe(module), split_variables, jit_init=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -206,15 +213,18 @@ def from_nnx(module: nnx.Module) -> ModelFunctions:
 # Plain functions (Equinox, hand-written models)
 # --------------------------------------------------------------------------- #
 
-def from_functions(init: Callable, apply: Callable, *, name: str | None = None
-                   ) -> ModelFunctions:
+def from_functions(init: Callable, apply: Callable, *, name: str | None = None,
+                   jit_init: bool = False) -> ModelFunctions:
     """A model given as ``init(key, x) -> (params, model_state)`` and
     ``apply(params, model_state, x, *, train, key) -> (logits, model_state)``.
 
     ``name`` describes the model in a run's fingerprint (default: the two
     functions' qualified names); give one that changes when the
     architecture does. ``init`` may return arrays the caller keeps: `fit`
-    trains copies. An Equinox model plugs in as::
+    trains copies. Pass ``jit_init=True`` when ``init`` draws its arrays from
+    ``key`` (and holds none): `fit` then traces it into its one jitted
+    initialisation program instead of running it op by op. An Equinox model
+    plugs in as::
 
         params, static = eqx.partition(net, eqx.is_inexact_array)
         init = lambda key, x: (params, {})
@@ -242,4 +252,6 @@ def from_functions(init: Callable, apply: Callable, *, name: str | None = None
     def fresh_init(key, x):   # copies: fit donates its state, the caller may keep these
         return jax.tree.map(jnp.copy, init(key, x))
 
-    return ModelFunctions(fresh_init, apply, name)
+    if not isinstance(jit_init, bool):
+        raise TypeError(f"from_functions: jit_init must be a bool, got {jit_init!r}")
+    return ModelFunctions(fresh_init, apply, name, jit_init=jit_init)

@@ -1,4 +1,4 @@
-"""The benchmark's model-API comparison (``--model_apis``), run tiny.
+"""The benchmark's model-API comparison (``--model_apis``) and end-to-end mode, run tiny.
 
 `experiments.benchmark` defines absl flags that other experiment modules
 define too (``--epochs``), so it runs in its own process here, as the
@@ -8,6 +8,8 @@ benchmark tests of ``test_train.py`` do.
 import json
 import subprocess
 import sys
+
+import pytest
 
 SCRIPT = """
 import json, optax
@@ -41,3 +43,23 @@ def test_model_apis_time_the_same_computation():
     assert report["nnx_over_linen"] == seconds["nnx"] / seconds["linen"]
     assert report["functions_over_linen"] == seconds["functions"] / seconds["linen"]
     assert "times an MLP of the zoo" in report["conv4"] and "conv4" in report["conv4"]
+
+
+def test_end_to_end_times_every_phase_cold_and_warm(tmp_path):
+    from experiments import end_to_end
+
+    report = end_to_end.run(["adam_lenet_fmnist"], root=str(tmp_path), overrides=(
+        "--config.epochs=2", "--config.train_limit=3000"))["adam_lenet_fmnist"]
+    cold, warm = report["cold"], report["warm"]
+    for r in (cold, warm):
+        assert r["epochs"] == 2 and all(r[phase] >= 0 for phase in end_to_end.PHASES)
+        parts = sum(r[p] for p in end_to_end.PHASES if p not in ("other", "total"))
+        assert parts + r["other"] == pytest.approx(r["total"])
+        assert 0 < r["first_epoch"] < r["total"]
+        assert r["wall_over_median"] >= 1
+    # The warm run loads what the cold one compiled, and computes the same.
+    assert warm["params_sha256"] == cold["params_sha256"]
+    assert warm["init"] + warm["compile"] < cold["init"] + cold["compile"]
+    assert "adam_lenet_fmnist" in end_to_end.table({"adam_lenet_fmnist": report})
+    with pytest.raises(ValueError, match="unknown presets"):
+        end_to_end.run(["lth_lenet_fmnist"])

@@ -501,3 +501,47 @@ def test_train_and_evaluate_takes_an_nnx_model(tmp_path):
     result = train_lib.train_and_evaluate(config, str(tmp_path), progress=False, model=Net())
     assert result.summary["test_accuracy"] > 0.85
     assert json.loads((tmp_path / "fingerprint.json").read_text())["model"].startswith("nnx ")
+
+
+def test_factored_slot_machine_through_train_and_evaluate():
+    from experiments.configs import slot_machine
+    from randjax.methods.slot_machine import SlotSGDState
+    config = slot_machine.get_config()
+    assert config.slot_mode == "plain"
+    config.update(epochs=1, train_limit=500, width=0.5, slot_mode="factored",
+                  weight_decay=1e-4, nesterov=True, schedule="cosine")
+    result = train.train_and_evaluate(config, None, progress=False)
+    state = result.state
+    assert state.trainable["Dense_0"]["kernel"].shape == (64, 150)  # one u per connection
+    assert state.frozen["Dense_0"]["kernel"].shape == (2, 64, 150, 8)  # options, s(0)
+    inner = state.opt_state.inner_state  # inject_hyperparams around slot_sgd
+    assert isinstance(inner, SlotSGDState) and 0 < float(inner.scale) < 1
+    assert result.history[-1]["test_accuracy"] > 0.1
+    assert 0 < result.history[-1]["learning_rate"] < 0.1  # logged, cosine decayed
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_factored_slot_machine_refuses_adam_before_the_data_is_read(monkeypatch, optimizer):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr(train.data_lib, "load", no_data)
+    config = registry.get_config("slot_machine")
+    config.update(slot_mode="factored", optimizer=optimizer)
+    with pytest.raises(ValueError, match="slot_mode='factored' trains with SGD only"):
+        train.train_and_evaluate(config, None, progress=False)
+    config.update(slot_mode="factorised", optimizer="sgd")
+    with pytest.raises(ValueError, match="config.slot_mode must be one of"):
+        train.check_run_config(config)
+
+
+def test_cli_refuses_factored_slot_machine_with_adam(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train",
+         "--config=experiments/configs/slot_machine.py", "--config.slot_mode=factored",
+         "--config.optimizer=adam", f"--workdir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "trains with SGD only" in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,124 @@
+"""Where a Conv-4 training step's time goes, layer by layer (JAX side).
+
+`experiments.benchmark --conv_phases` prints these for the zoo's ``conv4``;
+`experiments.pytorch_conv4` times the same layers and phases in PyTorch, so
+the two step times can be compared part by part:
+
+* the whole step: ``forward`` (the loss), ``backward`` (loss and gradients),
+  ``step`` (gradients and the SGD-momentum update);
+* every conv layer: ``forward``, ``input_grad`` (the gradient sent to the
+  layer below), ``kernel_grad`` (randjax's CPU kernel gradient, one matmul
+  per kernel tap) and ``kernel_grad_xla`` (XLA's own convolution);
+* every max-pool: forward and backward together (``pool``);
+* every dense layer: ``forward``, ``input_grad``, ``kernel_grad``.
+
+Each is one jitted program on random inputs, timed in turn with the others
+(`experiments.timing.interleaved_medians`), in milliseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from experiments import timing
+from randjax import models
+from randjax.models import common
+
+DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def conv4_layers(batch: int) -> list[dict]:
+    """Conv-4's layers on 32x32x3 inputs, in order: convs, pools, dense (no biases)."""
+    convs = [(32, 3, 64), (32, 64, 64), "pool", (16, 64, 128), (16, 128, 128), "pool"]
+    layers, size, channels = [], 32, 3
+    for layer in convs:
+        if layer == "pool":
+            layers.append({"kind": "pool", "input": (batch, size, size, channels)})
+            size //= 2
+            continue
+        size, c_in, c_out = layer
+        layers.append({"kind": "conv", "input": (batch, size, size, c_in),
+                       "kernel": (3, 3, c_in, c_out)})
+        channels = c_out
+    for d_in, d_out in ((size * size * channels, 256), (256, 256), (256, 10)):
+        layers.append({"kind": "dense", "input": (batch, d_in), "kernel": (d_in, d_out)})
+    return layers
+
+
+def name_of(index: int, layer: dict) -> str:
+    """``conv0``, ``pool2``, ``dense6``, ... (the layer's position in `conv4_layers`)."""
+    return f"{layer['kind']}{index}"
+
+
+def _conv(fast: bool):
+    conv = common.conv_general_dilated if fast else lax.conv_general_dilated
+    return lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=DIMENSIONS)
+
+
+def _layer_programs(layer: dict, key: jax.Array) -> dict:
+    """``{phase: fn()}`` of one layer: jitted programs with their inputs bound."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    x = jax.random.normal(k1, layer["input"])
+    if layer["kind"] == "pool":
+        dy = jax.random.normal(k2, jax.eval_shape(common.max_pool, x).shape)
+        both = jax.jit(lambda x, dy: jax.vjp(common.max_pool, x)[1](dy)[0])
+        return {"pool": lambda: both(x, dy)}
+    w = jax.random.normal(k2, layer["kernel"]) * 0.05
+    programs = {}
+    convs = {"": _conv(True)} if layer["kind"] == "conv" else {"": jnp.matmul}
+    if layer["kind"] == "conv":
+        convs["_xla"] = _conv(False)
+    dy = jax.random.normal(k3, jax.eval_shape(convs[""], x, w).shape)
+    forward = jax.jit(convs[""])
+    programs["forward"] = lambda: forward(x, w)
+    input_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda x: convs[""](x, w), x)[1](dy)[0])
+    programs["input_grad"] = lambda: input_grad(x, w, dy)
+    for suffix, op in convs.items():
+        kernel_grad = jax.jit(lambda x, w, dy, op=op: jax.vjp(lambda w: op(x, w), w)[1](dy)[0])
+        programs[f"kernel_grad{suffix}"] = functools.partial(kernel_grad, x, w, dy)
+    return programs
+
+
+def model_programs(batch: int, key: jax.Array) -> dict:
+    """``{phase: fn()}`` of the zoo's whole Conv-4 step on a random batch."""
+    model = models.get("conv4", num_classes=10)
+    kx, ky, kp = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (batch, 32, 32, 3))
+    y = jax.random.randint(ky, (batch,), 0, 10)
+    params = model.init(kp, x[:1])["params"]
+    tx = optax.sgd(0.1, momentum=0.9)
+    opt_state = tx.init(params)
+
+    def loss(params):
+        logits = model.apply({"params": params}, x, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def step(params, opt_state):
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    forward, backward, update = jax.jit(loss), jax.jit(jax.value_and_grad(loss)), jax.jit(step)
+    return {"forward": lambda: forward(params), "backward": lambda: backward(params),
+            "step": lambda: update(params, opt_state)}
+
+
+def conv4_phase_ms(batch: int, repeats: int) -> dict:
+    """Median milliseconds of every phase: ``{"model": {...}, "<layer>": {...}}``."""
+    key = jax.random.key(0)
+    programs = {("model", phase): fn for phase, fn in model_programs(batch, key).items()}
+    for i, layer in enumerate(conv4_layers(batch)):
+        for phase, fn in _layer_programs(layer, jax.random.fold_in(key, i)).items():
+            programs[name_of(i, layer), phase] = fn
+    for fn in programs.values():   # compile
+        jax.block_until_ready(fn())
+    seconds = timing.interleaved_medians(programs, repeats)
+    report = {}
+    for (part, phase), value in seconds.items():
+        report.setdefault(part, {})[phase] = 1e3 * value
+    return report
