@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import zlib
 from typing import NamedTuple
@@ -308,10 +309,15 @@ def _byte_counts(x: np.ndarray) -> np.ndarray:
     """``(256,)`` int64 counts of the values of a uint8 array.
 
     Counts pixel pairs (a uint16 view: half the elements `np.bincount` must
-    widen) and folds the 65,536 pair counts back into bytes.
+    widen), a million at a time (its widened copy stays small instead of
+    faulting in hundreds of MB), and folds the 65,536 pair counts back into
+    bytes.
     """
     flat = np.ascontiguousarray(x).reshape(-1)
-    pairs = np.bincount(flat[:flat.size // 2 * 2].view(np.uint16), minlength=1 << 16)
+    halves = flat[:flat.size // 2 * 2].view(np.uint16)
+    pairs = np.zeros(1 << 16, np.int64)
+    for start in range(0, halves.size, 1 << 20):
+        pairs += np.bincount(halves[start:start + (1 << 20)], minlength=1 << 16)
     pairs = pairs.reshape(256, 256)
     counts = pairs.sum(axis=0) + pairs.sum(axis=1)
     if flat.size % 2:
@@ -461,19 +467,24 @@ def _channel_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _normalized(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """float32 ``(x - mean) / std`` of images in [0, 1] (uint8: ``v / 255``).
+    """float32 ``(x - mean) / std`` of images in [0, 1] (uint8: ``x / 255`` first).
 
-    uint8 images go through a 256-entry table per channel, one pass with no
-    float temporaries; the table holds the float path's float32 results.
+    Works through blocks of images small enough to stay in the CPU's cache:
+    one pass over memory instead of one per operation and no full-size
+    temporaries (several times faster on Fashion-MNIST), with the same
+    float32 operations, so the same bits.
     """
-    if x.dtype != np.uint8:
-        x = x - mean
-        x /= std
-        return x
-    table = (_byte_levels()[:, None] - mean) / std          # (256, channels)
-    if x.shape[-1] == 1:
-        return table[:, 0][x]
-    return table[x, np.arange(x.shape[-1])]
+    out = np.empty(x.shape, np.float32)
+    block = max(1, (1 << 18) // max(1, math.prod(x.shape[1:])))
+    for start in range(0, len(x), block):
+        part, source = out[start:start + block], x[start:start + block]
+        if x.dtype == np.uint8:
+            np.divide(source, np.float32(255.0), out=part, dtype=np.float32)
+        else:
+            part[...] = source
+        part -= mean
+        part /= std
+    return out
 
 
 def _check_data_dir(data_dir) -> str | None:

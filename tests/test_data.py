@@ -471,9 +471,10 @@ def test_augment_crop_pads_with_pad_value_per_channel():
 @pytest.mark.parametrize("shape", [(28, 28), (9, 7, 3), (5, 5)])
 @pytest.mark.parametrize("normalize", ["standardize", "unit"])
 def test_uint8_images_normalise_bitwise_as_float_arithmetic(tmp_path, shape, normalize):
-    # load converts bytes through a 256-entry table and counts pixel values
-    # (odd pixel counts included: 5 x 5); the values must be exactly those of
-    # the float32 arithmetic x / 255, then (x - mean) / std, with float64 sums.
+    # load normalises bytes in cache-sized blocks and takes the statistics
+    # from counts of the 256 pixel values (odd pixel counts included: 5 x 5);
+    # the values must be exactly those of the float32 arithmetic x / 255, then
+    # (x - mean) / std, with float64 sums.
     x_train, _, x_test, _ = _write_idx_dataset(tmp_path / "d", n_train=41, shape=shape)
     loaded = data.load(str(tmp_path / "d"), val_fraction=0.0, normalize=normalize)
     unit = lambda x: (x.reshape(len(x), *shape[:2], -1).astype(np.float32) / np.float32(255))
