@@ -114,6 +114,7 @@ import randjax
 from experiments import conv_phases, end_to_end, registry, timing
 from randjax import data as data_lib
 from randjax import models, permute, train
+from randjax.methods import slot_machine
 
 _MODEL = flags.DEFINE_string("model", "conv4", "Model name (randjax.models.names()).")
 _DATASET = flags.DEFINE_string("dataset", "synthetic",
@@ -128,7 +129,9 @@ _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs.")
 _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 _METHODS = flags.DEFINE_list("methods", ["dense"], "Methods to time side by side "
                              "(dense is always included): names of experiments.registry "
-                             "(dense, edge_popup, supermask, slot_machine, laperm, ...).")
+                             "(dense, edge_popup, supermask, slot_machine, laperm, ...), and "
+                             "slot_machine_factored (mode='factored' with slot_sgd; "
+                             "--optimizer=sgd).")
 _DENSITY = flags.DEFINE_float("density", 0.5, "Kept fraction for edge_popup, masked and tom.")
 _K = flags.DEFINE_integer("k", 8, "Options per connection for slot_machine (greedy, "
                           "official init).")
@@ -227,6 +230,11 @@ def build(name: str, tx: optax.GradientTransformation) -> registry.Method:
                "slot_machine": dict(k=_K.value, selection="greedy", slot_init="official"),
                "laperm": dict(sync_period=_LAPERM_SYNC_PERIOD.value,
                               laperm_include_1d=_LAPERM_INCLUDE_1D.value)}
+    if name == "slot_machine_factored":   # the same Slot Machine and SGD, factored
+        config = registry.get_config("slot_machine")
+        config.update(options["slot_machine"], slot_mode="factored",
+                      optimizer=_OPTIMIZER.value)
+        return registry.build(config, slot_machine.slot_sgd(0.1, momentum=0.9))
     config = registry.get_config(name)
     config.update(options.get(name, {}))
     if name == "tom":
@@ -703,9 +711,10 @@ def main(argv):
     print(f"{_MODEL.value} on {dataset.name} {tuple(dataset.input_shape)}, batch "
           f"{_BATCH.value}, {_OPTIMIZER.value}, {jax.device_count()} "
           f"{jax.default_backend()} device(s)")
-    print("method".ljust(12) + "".join(c.rjust(21) for c in columns))
+    width = max(12, *(len(name) + 2 for name in results))
+    print("method".ljust(width) + "".join(c.rjust(21) for c in columns))
     for name, r in results.items():
-        print(name.ljust(12) + "".join(
+        print(name.ljust(width) + "".join(
             (f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])).rjust(21)
             for c in columns))
     if with_laperm:
