@@ -63,3 +63,27 @@ def test_end_to_end_times_every_phase_cold_and_warm(tmp_path):
     assert "adam_lenet_fmnist" in end_to_end.table({"adam_lenet_fmnist": report})
     with pytest.raises(ValueError, match="unknown presets"):
         end_to_end.run(["lth_lenet_fmnist"])
+
+
+FACTORED = """
+import sys
+from absl import flags
+from experiments import benchmark
+flags.FLAGS(["benchmark", "--optimizer=sgd", "--k=4"])
+import optax
+method = benchmark.build("slot_machine_factored", optax.sgd(0.1, momentum=0.9))
+print(method.reparam.spec["mode"], method.reparam.spec["k"], type(method.optimizer).__name__)
+flags.FLAGS(["benchmark", "--optimizer=adam"])
+try:
+    benchmark.build("slot_machine_factored", optax.adam(1e-3))
+except ValueError as error:
+    print("refused:", "SGD only" in str(error))
+"""
+
+
+def test_benchmark_builds_the_factored_slot_machine_with_slot_sgd():
+    proc = subprocess.run([sys.executable, "-c", FACTORED], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["factored 4 GradientTransformation",
+                                           "refused: True"]
