@@ -13,7 +13,12 @@ the two step times can be compared part by part:
 * every dense layer: ``forward``, ``input_grad``, ``kernel_grad``.
 
 Each is one jitted program on random inputs, timed in turn with the others
-(`experiments.timing.interleaved_medians`), in milliseconds.
+(`experiments.timing.interleaved_medians`), in milliseconds. A layer's
+program returns the sum of its result, as PyTorch's side does: returned
+whole, every call would write a fresh full-size buffer (32 MB for the first
+convs at batch 128), whose page faults cost this CPU more than the
+convolution itself (136 ms against 48 ms for conv1's forward), while inside
+the training step XLA reuses its buffers.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def _layer_programs(layer: dict, key: jax.Array) -> dict:
     x = jax.random.normal(k1, layer["input"])
     if layer["kind"] == "pool":
         dy = jax.random.normal(k2, jax.eval_shape(common.max_pool, x).shape)
-        both = jax.jit(lambda x, dy: jax.vjp(common.max_pool, x)[1](dy)[0])
+        both = jax.jit(lambda x, dy: jnp.sum(jax.vjp(common.max_pool, x)[1](dy)[0]))
         return {"pool": lambda: both(x, dy)}
     w = jax.random.normal(k2, layer["kernel"]) * 0.05
     programs = {}
@@ -74,12 +79,14 @@ def _layer_programs(layer: dict, key: jax.Array) -> dict:
     if layer["kind"] == "conv":
         convs["_xla"] = _conv(False)
     dy = jax.random.normal(k3, jax.eval_shape(convs[""], x, w).shape)
-    forward = jax.jit(convs[""])
+    forward = jax.jit(lambda x, w: jnp.sum(convs[""](x, w)))
     programs["forward"] = lambda: forward(x, w)
-    input_grad = jax.jit(lambda x, w, dy: jax.vjp(lambda x: convs[""](x, w), x)[1](dy)[0])
+    input_grad = jax.jit(lambda x, w, dy: jnp.sum(
+        jax.vjp(lambda x: convs[""](x, w), x)[1](dy)[0]))
     programs["input_grad"] = lambda: input_grad(x, w, dy)
     for suffix, op in convs.items():
-        kernel_grad = jax.jit(lambda x, w, dy, op=op: jax.vjp(lambda w: op(x, w), w)[1](dy)[0])
+        kernel_grad = jax.jit(lambda x, w, dy, op=op: jnp.sum(
+            jax.vjp(lambda w: op(x, w), w)[1](dy)[0]))
         programs[f"kernel_grad{suffix}"] = functools.partial(kernel_grad, x, w, dy)
     return programs
 

@@ -54,7 +54,7 @@ def layer_programs(torch, layer: dict) -> dict:
     if layer["kind"] == "pool":
         x = torch.randn(shape[0], shape[3], shape[1], shape[2], requires_grad=True)
         dy = torch.randn(shape[0], shape[3], shape[1] // 2, shape[2] // 2)
-        return {"pool": lambda: F.max_pool2d(x, 2).backward(dy)}
+        return {"pool": lambda: torch.autograd.grad(F.max_pool2d(x, 2), x, dy)[0].sum()}
     if layer["kind"] == "conv":
         h, w_, c_in, c_out = layer["kernel"]
         x = torch.randn(shape[0], c_in, shape[1], shape[2])
@@ -65,9 +65,10 @@ def layer_programs(torch, layer: dict) -> dict:
         padding = 0
     w = torch.randn(c_out, c_in, h, w_) * 0.05
     dy = torch.randn(x.shape[0], c_out, x.shape[2], x.shape[3])
-    return {"forward": lambda: F.conv2d(x, w, padding=padding),
-            "input_grad": lambda: grad.conv2d_input(x.shape, w, dy, padding=padding),
-            "kernel_grad": lambda: grad.conv2d_weight(x, w.shape, dy, padding=padding)}
+    # Each returns the sum of its result, as the JAX side (experiments.conv_phases).
+    return {"forward": lambda: F.conv2d(x, w, padding=padding).sum(),
+            "input_grad": lambda: grad.conv2d_input(x.shape, w, dy, padding=padding).sum(),
+            "kernel_grad": lambda: grad.conv2d_weight(x, w.shape, dy, padding=padding).sum()}
 
 
 def returning_none(fn):
