@@ -9,7 +9,12 @@ import json
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+from experiments import conv_phases, end_to_end
+from randjax import models
 
 SCRIPT = """
 import json, optax
@@ -46,8 +51,6 @@ def test_model_apis_time_the_same_computation():
 
 
 def test_end_to_end_times_every_phase_cold_and_warm(tmp_path):
-    from experiments import end_to_end
-
     report = end_to_end.run(["adam_lenet_fmnist"], root=str(tmp_path), overrides=(
         "--config.epochs=2", "--config.train_limit=3000"))["adam_lenet_fmnist"]
     cold, warm = report["cold"], report["warm"]
@@ -87,3 +90,21 @@ def test_benchmark_builds_the_factored_slot_machine_with_slot_sgd():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split("\n")[:2] == ["factored 4 GradientTransformation",
                                            "refused: True"]
+
+
+def test_conv_phases_time_every_layer_of_conv4():
+    layers = conv_phases.conv4_layers(2)
+    assert [layer["kind"] for layer in layers] == ["conv", "conv", "pool", "conv", "conv",
+                                                    "pool", "dense", "dense", "dense"]
+    params = jax.eval_shape(models.get("conv4", num_classes=10).init, jax.random.key(0),
+                            jnp.zeros((1, 32, 32, 3)))["params"]
+    kernels = [params[f"Conv_{i}"]["kernel"].shape for i in range(4)]
+    assert kernels == [layer["kernel"] for layer in layers if layer["kind"] == "conv"]
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [
+        layer["kernel"] for layer in layers if layer["kind"] == "dense"]
+    report = conv_phases.conv4_phase_ms(batch=2, repeats=1)
+    assert set(report["model"]) == {"forward", "backward", "step"}
+    assert set(report["conv1"]) == {"forward", "input_grad", "kernel_grad", "kernel_grad_xla"}
+    assert set(report["pool2"]) == {"pool"} and set(report["dense8"]) == {
+        "forward", "input_grad", "kernel_grad"}
+    assert all(ms > 0 for phases in report.values() for ms in phases.values())
