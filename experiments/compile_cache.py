@@ -35,33 +35,43 @@ def default_directory() -> str:
     return str(pathlib.Path(base) / "randjax" / "xla")
 
 
-def use(directory: str | os.PathLike) -> None:
-    """Keeps XLA's executables in ``directory`` unless a cache is configured already.
+def use(directory: str | os.PathLike, *, replace: bool = False) -> None:
+    """Keeps XLA's executables in ``directory``.
 
-    Every program is cached, however fast it compiled (JAX's default skips
-    those under a second: most of a small model's). Call it before anything
-    compiles.
+    A cache configured already (``$JAX_COMPILATION_CACHE_DIR``, or
+    ``jax_compilation_cache_dir`` set by the caller) is kept unless
+    ``replace``. Every program is cached, however fast it compiled (JAX's
+    default skips those under a second: most of a small model's). Call it
+    before anything compiles.
     """
-    if jax.config.jax_compilation_cache_dir is None:
+    if replace or jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_enable_compilation_cache", True)
         jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """``--compilation_cache`` (default on) and ``--compilation_cache_dir``."""
     flags.DEFINE_bool("compilation_cache", True,
                       "Keep compiled XLA programs on disk, so that the next run of the "
-                      "same config skips compilation (--nocompilation_cache: off).")
+                      "same config skips compilation (--nocompilation_cache: off, also "
+                      "a cache that $JAX_COMPILATION_CACHE_DIR configures).",
+                      flag_values=flag_values)
     flags.DEFINE_string("compilation_cache_dir", None,
-                        f"The cache's directory (default: ${ENV}, else "
-                        "$XDG_CACHE_HOME/randjax/xla, i.e. ~/.cache/randjax/xla).")
+                        f"The cache's directory (default: $JAX_COMPILATION_CACHE_DIR if set, "
+                        f"else ${ENV}, else $XDG_CACHE_HOME/randjax/xla, i.e. "
+                        "~/.cache/randjax/xla).", flag_values=flag_values)
 
 
-def use_from_flags() -> str | None:
-    """`use` as the flags say; returns the directory, or None when the cache is off."""
-    values = flags.FLAGS
+def use_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> str | None:
+    """The cache as the flags say; returns its directory, or None when it is off.
+
+    An explicit ``--compilation_cache_dir`` wins over ``$JAX_COMPILATION_CACHE_DIR``.
+    """
+    values = flag_values
     if not values.compilation_cache:
+        jax.config.update("jax_enable_compilation_cache", False)
         return None
-    directory = values.compilation_cache_dir or default_directory()
-    use(directory)
-    return directory
+    explicit = values.compilation_cache_dir
+    use(explicit or default_directory(), replace=bool(explicit))
+    return jax.config.jax_compilation_cache_dir

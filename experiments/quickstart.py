@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments import train
+from experiments import compile_cache, train
 from experiments.configs import dense
 
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "Epochs per model.")
@@ -47,8 +47,10 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv):
     del argv
+    compile_cache.use_from_flags()
     print(format_table(run(_MODELS.value, _EPOCHS.value, _WORKDIR.value)))
 
 
 if __name__ == "__main__":
+    compile_cache.define_flags()
     app.run(main)

@@ -29,7 +29,7 @@ import ml_collections
 from absl import app, flags, logging
 from matplotlib import ticker
 
-from experiments import registry, train
+from experiments import compile_cache, registry, train
 
 #: Models trained for ``config.epochs`` on every image; the others (conv
 #: nets) for ``config.conv_epochs`` on the first ``config.conv_train_limit``.
@@ -171,8 +171,10 @@ def define_flags(defaults: ml_collections.ConfigDict, help: Mapping[str, str],
     """Defines an absl flag per field of ``defaults``, of its type and default.
 
     Tuples become list flags (``--ks=2,8``), converted back to the type of
-    the default's items. ``help[name]`` describes each field.
+    the default's items. ``help[name]`` describes each field. The
+    compilation cache's flags (`experiments.compile_cache`) come with them.
     """
+    compile_cache.define_flags(flag_values)
     for name, value in defaults.items():
         text = help.get(name, name)
         if isinstance(value, (tuple, list)):
@@ -206,6 +208,7 @@ def main(get_config: Callable[[], ml_collections.ConfigDict],
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    compile_cache.use_from_flags()
     config = config_from_flags(get_config())
     unknown = _unknown(studies, config)
     if unknown:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import quickstart, registry, train
+from experiments import compile_cache, quickstart, registry, train
 from experiments.configs import dense, presets
 
 
@@ -545,3 +546,36 @@ def test_cli_refuses_factored_slot_machine_with_adam(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "trains with SGD only" in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def _train_with_cache_flags(tmp_path, name, *flags, env_cache=None):
+    """A 1-epoch digits run with ``flags``; its environment has ``XDG_CACHE_HOME``
+    in ``tmp_path`` and ``$JAX_COMPILATION_CACHE_DIR`` only if ``env_cache``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COMPILATION_CACHE_DIR", compile_cache.ENV)}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    if env_cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(env_cache)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--config=experiments/configs/dense.py",
+         "--config.epochs=1", f"--workdir={tmp_path / name}", *flags],
+        capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _cached(directory) -> int:
+    return len(list(directory.glob("*"))) if directory.exists() else 0
+
+
+def test_compilation_cache_flags(tmp_path):
+    default = tmp_path / "xdg" / "randjax" / "xla"
+    _train_with_cache_flags(tmp_path, "off", "--nocompilation_cache",
+                            env_cache=tmp_path / "env")
+    assert _cached(default) == 0 and _cached(tmp_path / "env") == 0   # off means off
+    _train_with_cache_flags(tmp_path, "default")
+    assert _cached(default) > 0          # on by default, in $XDG_CACHE_HOME/randjax/xla
+    _train_with_cache_flags(tmp_path, "env", env_cache=tmp_path / "env")
+    assert _cached(tmp_path / "env") > 0       # JAX's own variable is respected ...
+    _train_with_cache_flags(tmp_path, "flag", f"--compilation_cache_dir={tmp_path / 'mine'}",
+                            env_cache=tmp_path / "env2")
+    assert _cached(tmp_path / "mine") > 0 and _cached(tmp_path / "env2") == 0   # ... unless
