@@ -55,7 +55,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import randjax
-from experiments import compile_cache
+from experiments import compile_cache, distributed
 from experiments import train as train_lib
 from experiments.configs import gimp
 from experiments.configs import tom as tom_config
@@ -437,7 +437,8 @@ class Pruner:
             seconds = time.perf_counter() - begin + setup
             setup = 0.0
             records.append(done.get(r) or self._record(r, runs[-1], seconds, bookkeeping))
-            _write_jsonl(self.workdir / "rounds.jsonl", records)
+            if randjax.train.is_primary():   # every process computes the same records
+                _write_jsonl(self.workdir / "rounds.jsonl", records)
             bar.set_postfix(density=f"{records[-1]['density']:.4f}",
                             test=f"{records[-1]['test_accuracy']:.4f}")
         self.final = runs[-1]
@@ -453,6 +454,8 @@ class Pruner:
             "seconds": sum(r["seconds"] for r in records),
             "seconds_per_round": float(np.median([r["seconds"] for r in records])),
         }
+        if not randjax.train.is_primary():   # process 0 writes the files
+            return summary
         if last.masks is not None:
             state = last.result.state
             info = randjax.export.save(self.workdir / "network.npz", last.reparam,
@@ -508,12 +511,18 @@ def main(argv):
         raise app.UsageError("Too many command-line arguments.")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
+    try:  # before anything touches a device
+        distributed.initialize_from_flags()
+    except ValueError as error:
+        train_lib.exit_usage(f"FATAL distributed setup error: {error}")
     compile_cache.use(pathlib.Path(FLAGS.workdir) / "xla_cache")
     try:
-        summary = run(FLAGS.config, FLAGS.workdir)
+        summary = run(FLAGS.config, FLAGS.workdir, progress=randjax.train.is_primary())
     except randjax.train.DivergenceError as error:
         sys.stderr.write(f"FATAL {type(error).__name__}: {error}\n")
         sys.exit(1)
+    if not randjax.train.is_primary():
+        return
     for record in read_rounds(FLAGS.workdir):
         print(f"round {record['round']:2d}  density {record['density']:.4f}  "
               f"test {record['test_accuracy']:.4f}  steps {record['steps']}  "
@@ -526,6 +535,7 @@ def _define_flags():
     config_flags.DEFINE_config_file("config", None, "Pruning configuration file.",
                                      lock_config=True)
     flags.mark_flags_as_required(["config", "workdir"])
+    distributed.define_flags()
 
 
 if __name__ == "__main__":

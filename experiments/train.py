@@ -278,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | None,
         **fit_kwargs)
 
 
-def _exit_usage(message: str) -> None:
+def exit_usage(message: str) -> None:
     """One line on stderr, then exit status 2 (a command-line usage error)."""
     sys.stderr.write(" ".join(message.split("\n")) + "\n")
     sys.exit(2)
@@ -336,7 +336,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = _unknown_field(argv)
         if message is None and isinstance(error, AttributeError | KeyError):
             raise
-        _exit_usage(f"FATAL Flags parsing error: {message or error} (--helpshort for help)")
+        exit_usage(f"FATAL Flags parsing error: {message or error} (--helpshort for help)")
 
 
 def main(argv):
@@ -348,11 +348,11 @@ def main(argv):
     try:
         check_run_config(FLAGS.config)
     except ValueError as error:
-        _exit_usage(f"FATAL config error: {error}")
+        exit_usage(f"FATAL config error: {error}")
     try:  # before anything touches a device
         distributed.initialize_from_flags()
     except ValueError as error:
-        _exit_usage(f"FATAL distributed setup error: {error}")
+        exit_usage(f"FATAL distributed setup error: {error}")
     compile_cache.use_from_flags()
     primary = jax.process_index() == 0
     if primary:

@@ -126,3 +126,29 @@ def test_cli_refuses_an_inconsistent_process_set(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         "FATAL distributed setup error: --process_id=2 is outside [0, 2)")
+
+
+PRUNE = ["experiments.prune", "--config=experiments/configs/gimp.py",
+         "--config.model=lenet300_100", "--config.width=0.5", "--config.epochs=2",
+         "--config.batch_size=64", "--config.variant=swr", "--config.rewind_step=15",
+         "--config.density_multiplier=0.5", "--config.target_density=0.25"]
+
+
+def test_two_processes_prune_as_one_process(tmp_path):
+    # Stable weight rewinding: each round rewinds to the dense run's snapshot
+    # at step 15, taken and saved (collectively) by both processes.
+    two, one = tmp_path / "two", tmp_path / "one"
+    assert local_cluster.launch([*PRUNE, f"--workdir={two}"], 2, 4, timeout=TIMEOUT) == 0
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    subprocess.run([sys.executable, "-m", *PRUNE, f"--workdir={one}"], env=env, check=True,
+                   timeout=TIMEOUT, capture_output=True)
+    rounds = [[json.loads(line) for line in (w / "rounds.jsonl").read_text().splitlines()]
+              for w in (two, one)]
+    assert [r["round"] for r in rounds[0]] == [0, 1, 2]          # written once, by process 0
+    assert [r["density"] for r in rounds[0]] == [r["density"] for r in rounds[1]]
+    for key in ("train_loss", "test_accuracy"):
+        np.testing.assert_allclose([r[key] for r in rounds[0]], [r[key] for r in rounds[1]],
+                                   rtol=1e-3)
+    assert (two / "round_0" / "snapshots").is_dir()
+    assert json.loads((two / "summary.json").read_text())["rounds"] == 3
