@@ -506,7 +506,8 @@ def model_api_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
 
 
 def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
-                  tx: optax.GradientTransformation, seeds: int, epochs: int) -> dict:
+                  tx: optax.GradientTransformation, seeds: int, epochs: int, *,
+                  fast_conv_grad: bool = False) -> dict:
     """One epoch of ``seeds`` independent runs: a loop of jitted epochs against one vmap.
 
     Each run has its own initial weights, optimizer state and data order
@@ -514,7 +515,7 @@ def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     them all at once, as many small runs fill one accelerator.
     """
     model = models.get(model_name, num_classes=dataset.num_classes,
-                       fast_conv_grad=_FAST_CONV_GRAD.value)
+                       fast_conv_grad=fast_conv_grad)
     x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
     keys = jax.random.split(jax.random.key(0), seeds)
     params = jax.vmap(lambda k: model.init(k, x[:1])["params"])(keys)
@@ -684,7 +685,7 @@ def main(argv):
                   f"{name} {ms:.2f}" for name, ms in fp["hook_parts_ms"].items()) + ")")
     if _SEEDS.value > 0:
         runs = seeds_seconds(_MODEL.value, dataset, _BATCH.value, tx, _SEEDS.value,
-                             _EPOCHS.value)
+                             _EPOCHS.value, fast_conv_grad=_FAST_CONV_GRAD.value)
         results["dense"]["seeds"] = runs
         print(f"{runs['seeds']} seeds, one epoch each: loop {runs['loop_seconds']:.3f} s, "
               f"vmap {runs['vmap_seconds']:.3f} s, {runs['vmap_speedup']:.2f}x")

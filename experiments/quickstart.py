@@ -1,56 +1,39 @@
-"""The quick start: dense baselines on the embedded digits data set, in seconds.
+"""The quick start: every method side by side on the embedded digits, in two minutes.
 
-    python -m experiments.quickstart [--epochs=20] [--workdir=runs/quickstart]
+    python -m experiments.quickstart [--seeds=3] [--workdir=runs/quickstart]
 
-Trains LeNet-300-100 and Conv4 with Adam on scikit-learn's 8x8 digits (no
-download needed) and prints test accuracies and timings as a table.
+`experiments.compare` with other defaults: LeNet-300-100 on scikit-learn's
+8x8 digits (no download) under dense SGD, edge-popup, supermask, Slot
+Machines, LaPerm, the lottery ticket (weight rewinding), learning-rate
+rewinding and sGIMP, each with its preset's settings and epochs, three
+seeds each. The pruning methods run six levels instead of sixteen, each
+removing half of the remaining weights (``--density_multiplier=0.5``,
+``--target_density=0.035``; open_lth's count, with the output layer
+counted but never pruned), and checkpoint once per level; edge-popup runs
+again at the share of weights they keep. Prints the table and writes
+``compare.md``, ``compare.json`` and ``compare.png`` to ``--workdir``;
+every flag of `experiments.compare` applies (``--methods``, ``--epochs``,
+``--dataset``, ...).
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+import functools
 
-from experiments import compile_cache, train
-from experiments.configs import dense
+import ml_collections
+from absl import app
 
-_EPOCHS = flags.DEFINE_integer("epochs", 20, "Epochs per model.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Optional directory for run outputs.")
-_MODELS = flags.DEFINE_list("models", ["lenet300_100", "conv4"], "Models to train.")
+from experiments import compare, sweeps
 
 
-def run(models, epochs: int, workdir: str | None = None) -> list[dict]:
-    """Trains each model on digits; returns one summary row per model."""
-    rows = []
-    for model in models:
-        config = dense.get_config()
-        config.update(model=model, dataset="digits", epochs=epochs, batch_size=64)
-        result = train.train_and_evaluate(
-            config, workdir and f"{workdir}/{model}", progress=False)
-        summary = result.summary
-        rows.append({"model": model, "epochs": summary["epochs"],
-                     "train_loss": summary["final_train_loss"],
-                     "best_val": summary["best_val_accuracy"],
-                     "test_at_best_val": summary["test_accuracy_at_best_val"],
-                     "test": summary["test_accuracy"],
-                     "s/epoch": summary["median_epoch_seconds"]})
-    return rows
-
-
-def format_table(rows: list[dict]) -> str:
-    header = list(rows[0])
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()]
-             for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, cells)])
-
-
-def main(argv):
-    del argv
-    compile_cache.use_from_flags()
-    print(format_table(run(_MODELS.value, _EPOCHS.value, _WORKDIR.value)))
+def get_config() -> ml_collections.ConfigDict:
+    """`experiments.compare`'s settings for a two-minute run on digits."""
+    settings = compare.get_config()
+    settings.update(dataset="digits", seeds=3, density_multiplier=0.5, target_density=0.035,
+                    checkpoint_every=10, workdir="runs/quickstart")
+    return settings
 
 
 if __name__ == "__main__":
-    compile_cache.define_flags()
-    app.run(main)
+    sweeps.define_flags(get_config(), compare.HELP)
+    app.run(functools.partial(compare.main, get_config=get_config))

@@ -67,8 +67,8 @@ def result_row(name: str, config: ml_collections.ConfigDict, result, **fields) -
 class Records:
     """One sweep's JSON records, saved after each run; finished runs are skipped."""
 
-    def __init__(self, path: pathlib.Path):
-        self.path = path
+    def __init__(self, path: pathlib.Path, *, verbose: bool = True):
+        self.path, self.verbose = path, verbose
         self.rows = json.loads(path.read_text()) if path.exists() else []
 
     def get(self, name: str) -> dict | None:
@@ -78,7 +78,7 @@ class Records:
         """Appends ``row`` and rewrites the file."""
         self.rows.append(row)
         self.path.write_text(json.dumps(self.rows, indent=1) + "\n")
-        if "test_accuracy" in row:
+        if self.verbose and "test_accuracy" in row:
             print(f"{self.path.stem}: {row['name']}: test {row['test_accuracy']:.4f} "
                   f"({row['wall_seconds']:.0f} s)", flush=True)
         return row

@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -325,6 +326,7 @@ def sort_vectors(params: PyTree, *, filter: tree.Filter | None = None,
         params)
 
 
+@functools.partial(jax.jit, static_argnames="output_axis")  # one program, not one per op
 def sync_leaf(sorted0: jax.Array, w: jax.Array, output_axis: int = -1) -> jax.Array:
     """One leaf of `sync`: each vector of ``sorted0`` placed in the ranking of ``w``.
 
@@ -441,6 +443,11 @@ def find_permutation(w0: jax.typing.ArrayLike, w: jax.typing.ArrayLike, *,
     w0, w = _check_array(w0, "w0"), _check_array(w, "w")
     if w0.shape != w.shape:
         raise ValueError(f"find_permutation: shapes differ, {w0.shape} vs {w.shape}")
+    return _find_permutation(w0, w, output_axis)
+
+
+@functools.partial(jax.jit, static_argnames="output_axis")
+def _find_permutation(w0: jax.Array, w: jax.Array, output_axis: int) -> jax.Array:
     order0 = _argsort(columns(w0, output_axis), 0)
     return jnp.take_along_axis(order0, ranks(columns(w, output_axis), 0), axis=0)
 

@@ -20,6 +20,10 @@ TINY = {"quickstart.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS 
                           'EPOCHS = 3\nBATCH_SIZE = 64\nLEARNING_RATE = 0.05\n'
                           'PRUNE_FRACTION = 0.5\nRANDOM_ROUNDS = 2\nKS = (1, 5)\n'
                           'REPO_URL = ""\n',
+        "compare.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\n'
+                         'METHODS = ("dense", "edge_popup", "lrr")\nEPOCHS = 2\nSEEDS = 2\n'
+                         'DENSITY_MULTIPLIER = 0.5\nTARGET_DENSITY = 0.3\n'
+                         'import tempfile\nWORKDIR = tempfile.mkdtemp()\nREPO_URL = ""\n',
         "pruning.ipynb": 'DATASET = "digits"\nMODEL = "lenet300_100"\nEPOCHS = 2\n'
                          'ROUNDS = 2\nKEEP = 0.5\nBATCH_SIZE = 64\nLEARNING_RATE = 0.1\n'
                          'REPO_URL = ""\n'}

@@ -11,7 +11,7 @@ sets. ``--config.x=y`` overrides still apply after the preset.
 
 import ml_collections
 
-from experiments.configs import dense, edge_popup, gimp, laperm, lookahead, slot_machine
+from experiments.configs import dense, edge_popup, gimp, laperm, lookahead, slot_machine, supermask
 
 
 def dense_lenet_fmnist() -> ml_collections.ConfigDict:
@@ -47,6 +47,27 @@ def edge_popup_lenet_fmnist() -> ml_collections.ConfigDict:
         score_init="pytorch_default", density=0.5, scope="layer",
         optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
         schedule="cosine_epoch", epochs=10, batch_size=128)
+    return config
+
+
+def supermask_lenet_fmnist() -> ml_collections.ConfigDict:
+    """Zhou et al.'s supermask (NeurIPS 2019) on edge-popup's LeNet-300-100 set-up.
+
+    No biases, signed-constant weights (``+-sqrt(2 / fan_in)``, the
+    initialisation Zhou et al. and hidden-networks find best), mask logits
+    from 0 (p = 0.5), a Bernoulli mask sampled at every forward pass,
+    evaluation included, 10 epochs, batch 128, all 60,000 training images,
+    standardised inputs: `edge_popup_lenet_fmnist`'s data and budget. The
+    optimizer is this project's registered default, Adam lr 0.1 with a
+    constant rate (`experiments/configs/supermask.py`: the logits' gradients
+    are tiny, and Zhou et al.'s SGD needs a rate of 100-200:
+    ``--config.optimizer=sgd --config.learning_rate=100 --config.momentum=0.9``).
+    """
+    config = supermask.get_config()
+    config.update(
+        dataset="fashion_mnist", val_fraction=0.0, normalize="standardize",
+        model="lenet300_100", use_bias=False, init="signed_constant", schedule="constant",
+        epochs=10, batch_size=128)
     return config
 
 
@@ -174,12 +195,52 @@ def lth_rewind500_lenet_fmnist() -> ml_collections.ConfigDict:
     return config
 
 
+def _mikler_lenet_fmnist(variant: str) -> ml_collections.ConfigDict:
+    config = lth_lenet_fmnist()
+    config.update(
+        variant=variant, momentum=0.9, nesterov=True, l2=5e-5, schedule="step",
+        lr_milestones=(5, 7), lr_gamma=0.1)
+    return config
+
+
+def lrr_lenet_fmnist() -> ml_collections.ConfigDict:
+    """Learning-rate rewinding (Renda et al. 2020) with Mikler's LeNet optimizer.
+
+    `lth_lenet_fmnist`'s model, data and budget (16 levels of 10 epochs, 20%
+    of the remaining weights pruned globally per level, output layer never
+    pruned), but every level keeps the weights the previous one ended with
+    and restarts the schedule (Mikler's shipped configs: the whole
+    schedule each level). The optimizer of
+    sjmikler/on-pruning-methods-for-neural-networks: SGD lr 0.1, Nesterov
+    momentum 0.9, ``l2 = 5e-5`` (``l2 * sum(w^2)`` in the loss), the rate
+    divided by 10 at 1/2 and 3/4 of each level (epochs 5 and 7 of 10). A
+    step schedule is what makes rewinding the rate differ from fine-tuning.
+    """
+    return _mikler_lenet_fmnist("lrr")
+
+
+def sgimp_lenet_fmnist() -> ml_collections.ConfigDict:
+    """Mikler's sGIMP (2021) on `lrr_lenet_fmnist`'s optimizer and budget.
+
+    Every level starts from the previous level's weights 75% of its steps
+    back (``rewind_fraction=0.75``: after the first quarter of that level's
+    steps, epoch 2.5 of 10; Mikler uses 0.75-0.95), with a fresh optimizer
+    and the whole schedule restarted.
+    """
+    config = _mikler_lenet_fmnist("sgimp")
+    config.rewind_fraction = 0.75
+    return config
+
+
 PRESETS = {"adam_lenet_fmnist": adam_lenet_fmnist,
            "dense_lenet_fmnist": dense_lenet_fmnist,
            "laperm_lenet_fmnist": laperm_lenet_fmnist,
            "lookahead_lenet_fmnist": lookahead_lenet_fmnist,
            "lth_lenet_fmnist": lth_lenet_fmnist,
            "lth_rewind500_lenet_fmnist": lth_rewind500_lenet_fmnist,
+           "lrr_lenet_fmnist": lrr_lenet_fmnist,
+           "sgimp_lenet_fmnist": sgimp_lenet_fmnist,
+           "supermask_lenet_fmnist": supermask_lenet_fmnist,
            "edge_popup_lenet_fmnist": edge_popup_lenet_fmnist,
            "slot_lenet_fmnist_k2": slot_lenet_fmnist_k2,
            "slot_lenet_fmnist_k8": slot_lenet_fmnist_k8}

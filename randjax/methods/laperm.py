@@ -534,7 +534,7 @@ def _initial_params(spec: dict, key_data: np.ndarray) -> dict:
     model = models.from_spec(spec)
     key = jax.random.wrap_key_data(jnp.asarray(key_data))
     x = jnp.zeros((1, *spec["input_shape"]), jnp.float32)
-    return model.init(key, x)["params"]   # as randjax.train.init_state draws them
+    return jax.jit(model.init)(key, x)["params"]   # as randjax.train.init_state draws them
 
 
 def _index_dtype(n: int) -> np.dtype:

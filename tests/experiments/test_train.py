@@ -1,4 +1,4 @@
-"""Experiment entry points: CLI, presets, schedules, quickstart, benchmark."""
+"""Experiment entry points: CLI, presets, schedules, benchmark."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import compile_cache, quickstart, registry, train
+from experiments import compile_cache, registry, train
 from experiments.configs import dense, presets
 
 
@@ -133,14 +133,6 @@ def test_sgd_weight_decay_is_added_to_the_gradient_as_in_pytorch():
         updates, state = tx.update(g, state, w)
         w = optax.apply_updates(w, updates)
         np.testing.assert_allclose(w, expected, rtol=1e-6)
-
-
-def test_quickstart_table():
-    rows = quickstart.run(["lenet300_100"], epochs=3)
-    assert rows[0]["model"] == "lenet300_100" and rows[0]["epochs"] == 3
-    assert rows[0]["test"] > 0.8
-    table = quickstart.format_table(rows).splitlines()
-    assert table[0].split() == list(rows[0]) and len(table) == 3
 
 
 def test_benchmark_reports_json(tmp_path, run_module):
