@@ -87,7 +87,8 @@ measures timed alone (each over every kernel in one jitted program; ``ranks``
 is one ranking, the ranking distance's share).
 
 ``--conv_phases`` times Conv-4's step and every layer's phases instead
-(`experiments.conv_phases`; `experiments.pytorch_conv4` times PyTorch's).
+(`experiments.conv_phases`; `experiments.pytorch_conv4` times PyTorch's),
+with ``--in_loop=N`` also inside a loop of N calls, as in an epoch.
 
 ``--end_to_end=NAMES`` (comma-separated presets, or ``all``) times instead
 the whole process of ``python -m experiments.train`` on each preset, cold
@@ -161,6 +162,9 @@ _CONV_PHASES = flags.DEFINE_bool(
     "conv_phases", False, "Instead, time Conv-4's step and each layer's forward, input and "
     "kernel gradients and pooling (experiments.conv_phases; PyTorch's: "
     "experiments.pytorch_conv4).")
+_IN_LOOP = flags.DEFINE_integer(
+    "in_loop", 0, "With --conv_phases: also time every phase this many times inside one "
+    "lax.fori_loop (per call), where fit's epochs run their steps.", lower_bound=0)
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
     "CPU (--nofast_conv_grad: XLA's own, to compare).")
@@ -386,20 +390,31 @@ def global_mask_seconds(model_name: str, dataset: data_lib.Dataset,
             "sort_ms": 1e3 * seconds["sort"]}
 
 
-def _bare_epoch(model, x, y, batch: int, tx: optax.GradientTransformation):
-    """``(epoch, steps)``: one shuffled epoch as a bare scan, ``epoch(params, opt_state, key)``."""
+def _bare_epoch(model, x, y, batch: int, tx: optax.GradientTransformation, stats=None):
+    """``(epoch, steps)``: one shuffled epoch as a bare scan,
+    ``epoch((params, opt_state), key)``; with ``stats`` (BatchNorm's
+    ``batch_stats``) ``epoch((params, opt_state, stats), key)``, in training mode."""
     steps = len(y) // batch
 
-    def epoch(params, opt_state, key):
+    def loss_fn(params, stats, idx):
+        if stats is None:
+            return optax.softmax_cross_entropy_with_integer_labels(
+                model.apply({"params": params}, x[idx]), y[idx]).mean(), None
+        logits, new = model.apply({"params": params, "batch_stats": stats}, x[idx],
+                                  train=True, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
+        return loss, new["batch_stats"]
+
+    def epoch(carry, key):
         def body(carry, idx):
-            params, opt_state = carry
-            loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-                model.apply({"params": p}, x[idx]), y[idx]).mean()
-            loss, grads = jax.value_and_grad(loss_fn)(params)
+            params, opt_state, *stats = carry
+            (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, stats[0] if stats else None, idx)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state, *([new_stats] if stats else [])), loss
         order = jax.random.permutation(key, len(y))[:steps * batch].reshape(steps, batch)
-        return jax.lax.scan(body, (params, opt_state), order)
+        return jax.lax.scan(body, carry, order)
 
     return epoch, steps
 
@@ -414,13 +429,14 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     model = models.get(model_name, num_classes=dataset.num_classes,
                        fast_conv_grad=_FAST_CONV_GRAD.value)
     x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
-    params = model.init(jax.random.key(0), x[:1])["params"]
-    epoch, steps = _bare_epoch(model, x, y, batch, tx)
+    variables = model.init(jax.random.key(0), x[:1])
+    params, stats = variables["params"], variables.get("batch_stats")
+    epoch, steps = _bare_epoch(model, x, y, batch, tx, stats)
     epoch = jax.jit(epoch)
-    carry = [(params, tx.init(params))]
+    carry = [(params, tx.init(params), *([stats] if stats is not None else []))]
 
     def one_epoch():
-        carry[0], losses = epoch(*carry[0], jax.random.key(1))
+        carry[0], losses = epoch(carry[0], jax.random.key(1))
         return losses
 
     one_epoch()  # compile
@@ -523,8 +539,8 @@ def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     epoch, _ = _bare_epoch(model, x, y, batch, tx)
     single, stacked = jax.jit(epoch), jax.jit(jax.vmap(epoch))
     runs = [jax.tree.map(lambda a, i=i: a[i], (params, opt_states, keys)) for i in range(seeds)]
-    loop = lambda: [single(*run) for run in runs]
-    together = lambda: stacked(params, opt_states, keys)
+    loop = lambda: [single((p, o), k) for p, o, k in runs]
+    together = lambda: stacked((params, opt_states), keys)
     looped, vmapped = jax.block_until_ready((loop(), together()))  # compile
     # How far the vmapped runs drift from the looped ones: batched matmuls
     # round differently from single ones, and SGD amplifies it over an epoch.
@@ -613,8 +629,10 @@ def main(argv):
         if _JSON.value:
             pathlib.Path(_JSON.value).write_text(text + "\n")
         return
+    if _IN_LOOP.value and not _CONV_PHASES.value:
+        raise app.UsageError("--in_loop times --conv_phases; add --conv_phases")
     if _CONV_PHASES.value:
-        report = conv_phases.conv4_phase_ms(_BATCH.value, _STEPS.value)
+        report = conv_phases.conv4_phase_ms(_BATCH.value, _STEPS.value, _IN_LOOP.value)
         print(f"conv4, batch {_BATCH.value}, 32x32x3, {jax.device_count()} "
               f"{jax.default_backend()} device(s), median ms:")
         for part, phases in report.items():

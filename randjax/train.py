@@ -389,29 +389,36 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
     return jax.jit(epoch, donate_argnums=0)
 
 
-def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entropy):
-    """A jitted ``evaluate(state, x, y, valid, key) -> (mean loss, accuracy)``.
+def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entropy,
+                 transform: Callable[[TrainState], TrainState] | None = None):
+    """A jitted ``evaluate(state, splits, key) -> {name: (mean loss, accuracy)}``.
 
-    ``x``/``y``/``valid`` are padded to whole chunks (see `randjax.data.pad_to_chunks`);
-    padded rows have ``valid == 0`` and count for nothing.
+    ``splits`` maps a split's name to its ``(x, y, valid)``, padded to whole
+    chunks (see `randjax.data.pad_to_chunks`); padded rows have ``valid ==
+    0`` and count for nothing. ``transform(state) -> state`` (e.g. LaPerm's
+    `synced_state`) runs first, in the same program: one dispatch per epoch
+    evaluates every split.
     """
     model = as_model(model)
 
-    def evaluate(state, x, y, valid, key):
-        # The method's weights once for all chunks (as `_logits` derives them).
-        reparam_key, dropout_key = jax.random.split(key)
-        params = reparam.apply(state.trainable, state.frozen, key=reparam_key, train=False)
-
+    def split_metrics(params, model_state, x, y, valid, key):
         def chunk_sums(inputs):
             xc, yc, vc = _shard_batch(mesh, *inputs)
-            logits, _ = model.apply(params, state.model_state, xc, train=False,
-                                    key=dropout_key)
+            logits, _ = model.apply(params, model_state, xc, train=False, key=key)
             return (loss_fn(logits, yc) * vc).sum(), ((logits.argmax(-1) == yc) * vc).sum()
 
         shape = lambda a: a.reshape(-1, chunk, *a.shape[1:])
         losses, correct = jax.lax.map(chunk_sums, (shape(x), shape(y), shape(valid)))
         n = valid.sum()
         return losses.sum() / n, correct.sum() / n
+
+    def evaluate(state, splits, key):
+        state = state if transform is None else transform(state)
+        # The method's weights once for all chunks and splits (as `_logits` derives them).
+        reparam_key, dropout_key = jax.random.split(key)
+        params = reparam.apply(state.trainable, state.frozen, key=reparam_key, train=False)
+        return {name: split_metrics(params, state.model_state, *split, dropout_key)
+                for name, split in splits.items()}
 
     return jax.jit(evaluate)
 
@@ -771,8 +778,7 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
                                                    drop_remainder, begin, stop)
         return epoch_fns[begin, stop]
 
-    evaluate = make_eval_fn(model, reparam, mesh, chunk, loss_fn)
-    transform = None if eval_transform is None else jax.jit(eval_transform)
+    evaluate = make_eval_fn(model, reparam, mesh, chunk, loss_fn, eval_transform)
 
     def fingerprint():
         return run_fingerprint(
@@ -881,12 +887,14 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
                       "learning_rate": _learning_rate(state.opt_state),
                       "epoch_seconds": train_seconds}
             eval_start = time.perf_counter()
-            eval_state = state if transform is None else transform(state)
-            if transform is not None:
+            if eval_transform is not None:
                 record["eval_transform"] = getattr(eval_transform, "__name__", repr(eval_transform))
-            for name, split in eval_splits.items():
-                loss, acc = evaluate(eval_state, *split, jax.random.fold_in(eval_key, epoch))
-                record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)
+            if eval_splits:
+                metrics = jax.device_get(evaluate(state, eval_splits,
+                                                  jax.random.fold_in(eval_key, epoch)))
+                for name in eval_splits:   # val, then test
+                    loss, acc = metrics[name]
+                    record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)
             eval_seconds += time.perf_counter() - eval_start
             if epoch_hook is not None:
                 record.update({k: _jsonable(v) for k, v in epoch_hook(epoch + 1, state).items()})

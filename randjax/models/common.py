@@ -74,8 +74,9 @@ class Model(nn.Module):
         kernel_init: initializer of conv and dense kernels.
         bias_init: initializer of conv and dense biases.
         dtype: computation dtype (parameters stay float32).
-        fast_conv_grad: convs compute their kernel gradient with
-            `conv_general_dilated` (faster on CPU, same values); ``False`` uses
+        fast_conv_grad: convs compute their gradients with
+            `conv_general_dilated` (faster on CPU, same values to float
+            rounding); ``False`` uses
             plain ``lax.conv_general_dilated`` (e.g. for forward-mode autodiff).
 
     Every option is checked when the module is constructed (`randjax.models.get`
@@ -223,6 +224,13 @@ def _check_dtype(dtype) -> None:
 # channels-first slices. ``python -m experiments.benchmark --model=conv4
 # --nofast_conv_grad`` compares the two. On GPU/TPU (cuDNN) XLA's own kernel
 # gradient is fast and is kept.
+#
+# Inside a loop body (a `lax.scan` epoch), XLA:CPU's own input gradient -- the
+# conv's VJP, which flips the kernel through its dimension numbers -- runs
+# several times slower than the same program outside a loop. Written as a
+# plain forward conv of ``dy`` with the flipped kernel materialised, it runs
+# as fast in a loop as outside. ``python -m experiments.benchmark
+# --conv_phases --in_loop=3`` times both, alone and inside a `lax.fori_loop`.
 
 
 def _channels_last(nd: int) -> lax.ConvDimensionNumbers:
@@ -263,18 +271,37 @@ def _fast_conv_fwd(x, w, strides, pads, precision):
     return _lax_conv(x, w, strides, pads, precision), (x, w)
 
 
+def _input_grad_conv(dy, w, x_shape, strides, pads, precision):
+    """d loss / d input of `_lax_conv` as a plain forward conv: ``dy`` dilated
+    by the strides, the kernel flipped with its channel axes swapped."""
+    if dy.size == 0:
+        return jnp.zeros(x_shape, dy.dtype)
+    window = w.shape[:-2]
+    flipped = jnp.flip(w, tuple(range(len(window)))).swapaxes(-1, -2)
+    # the rows past the forward conv's last window (floor semantics) get padding
+    pads = [(k - 1 - lo, k - 1 - hi + (n + lo + hi - k - (m - 1) * s))
+            for n, m, k, s, (lo, hi) in zip(x_shape[1:-1], dy.shape[1:-1], window, strides, pads)]
+    return lax.conv_general_dilated(dy, flipped, (1,) * len(window), pads,
+                                     lhs_dilation=strides, precision=precision,
+                                     dimension_numbers=_channels_last(len(window)))
+
+
 def _fast_conv_bwd(strides, pads, precision, res, dy):
     x, w = res
-    dx = jax.vjp(lambda x: _lax_conv(x, w, strides, pads, precision), x)[1](dy)[0]
-    # The branch is picked when the computation is lowered, for the platform it
-    # is compiled for -- unlike `jax.default_backend()` at trace time, this is
-    # right for a CPU jit on a GPU host (jax.default_device, jit(device=...))
+    xla_dx = lambda dy: jax.vjp(lambda x: _lax_conv(x, w, strides, pads, precision), x)[1](dy)[0]
+    xla_dw = lambda x, dy: jax.vjp(lambda w: _lax_conv(x, w, strides, pads, precision),
+                                   w)[1](dy)[0]
+    # The branches are picked when the computation is lowered, for the platform
+    # it is compiled for -- unlike `jax.default_backend()` at trace time, this
+    # is right for a CPU jit on a GPU host (jax.default_device, jit(device=...))
     # and for exported functions.
+    dx = lax.platform_dependent(
+        dy, cpu=lambda dy: _input_grad_conv(dy, w, x.shape, strides, pads, precision),
+        default=xla_dx)
     dw = lax.platform_dependent(
         x, dy,
         cpu=lambda x, dy: _kernel_grad_matmul(x, dy, w.shape[:-2], strides, pads, precision),
-        default=lambda x, dy: jax.vjp(lambda w: _lax_conv(x, w, strides, pads, precision),
-                                      w)[1](dy)[0],
+        default=xla_dw,
     )
     return dx, dw
 
@@ -288,8 +315,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     """``lax.conv_general_dilated`` with a faster kernel gradient on CPU (see
     above), for ``nn.Conv(conv_general_dilated=...)``.
 
-    The forward pass is ``lax.conv_general_dilated`` itself and the input
-    gradient is its VJP.  The fast path covers channels-last convs (NHWC /
+    The forward pass is ``lax.conv_general_dilated`` itself; on CPU the input
+    gradient is a forward conv with the flipped kernel (fast inside loop
+    bodies too), elsewhere the conv's VJP.  The fast path covers channels-last convs (NHWC /
     HWIO and their 1-D / 3-D analogues) with any strides and padding; anything
     else (dilation, feature or batch groups, other layouts, mixed dtypes,
     ``preferred_element_type``) is plain ``lax.conv_general_dilated``.  Being a

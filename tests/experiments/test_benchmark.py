@@ -102,9 +102,11 @@ def test_conv_phases_time_every_layer_of_conv4():
     assert kernels == [layer["kernel"] for layer in layers if layer["kind"] == "conv"]
     assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [
         layer["kernel"] for layer in layers if layer["kind"] == "dense"]
-    report = conv_phases.conv4_phase_ms(batch=2, repeats=1)
-    assert set(report["model"]) == {"forward", "backward", "step"}
-    assert set(report["conv1"]) == {"forward", "input_grad", "kernel_grad", "kernel_grad_xla"}
-    assert set(report["pool2"]) == {"pool"} and set(report["dense8"]) == {
-        "forward", "input_grad", "kernel_grad"}
+    report = conv_phases.conv4_phase_ms(batch=2, repeats=1, in_loop=2)
+    assert set(report["model"]) == {"forward", "backward", "step", "step_in_loop"}
+    alone = {"forward", "input_grad", "input_grad_xla", "kernel_grad"}
+    assert set(report["conv1"]) == {*alone, "kernel_grad_xla", *(f"{p}_in_loop" for p in alone)}
+    assert set(report["pool2"]) == {"pool", "pool_in_loop"}
+    assert set(report["dense8"]) == {"forward", "input_grad", "kernel_grad", "forward_in_loop",
+                                     "input_grad_in_loop", "kernel_grad_in_loop"}
     assert all(ms > 0 for phases in report.values() for ms in phases.values())

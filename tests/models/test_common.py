@@ -97,6 +97,20 @@ def test_platforms(platform, convs, dots):
     assert hlo.count("stablehlo.dot_general") == dots
 
 
+@pytest.mark.parametrize("platform,swapped", [("cpu", False), ("cuda", True), ("tpu", True)])
+def test_input_gradient_platforms(platform, swapped):
+    """On CPU the input gradient is a plain conv with the flipped kernel's
+    channels transposed (XLA:CPU runs XLA's own, whose dimension numbers
+    swap them, several times slower inside a loop); XLA's own elsewhere."""
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(
+        fast_conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2)))
+    x, w = randn(0, (2, 7, 9, 3)), randn(1, (3, 3, 3, 4))
+    hlo = jax.export.export(grad, platforms=[platform])(x, w).mlir_module()
+    assert hlo.count("stablehlo.convolution") == 2
+    assert ("x[0, 1, o, i]" in hlo) is swapped
+    assert ("stablehlo.transpose" in hlo) is not swapped
+
+
 def test_negative_padding():
     x, w = randn(0, (2, 7, 9, 3)), randn(1, (3, 3, 3, 4))
     check(x, w, window_strides=(2, 1), padding=((-1, 0), (0, 1)))
