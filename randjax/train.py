@@ -842,6 +842,7 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
         epoch_fns[0, None] = epoch_fn(0, None).lower(
             state, train_x, train_y, train_key).compile()
         compile_seconds = time.perf_counter() - start_time - float(prog.wall_seconds)
+    eval_pending = bool(eval_splits)
     bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="train",
                     unit="epoch", disable=not (progress and is_primary()), leave=False)
     try:
@@ -857,6 +858,9 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
             for a, b in zip([begin, *cuts], [*cuts, None]):
                 state, *out = epoch_fn(a, b)(state, train_x, train_y,
                                              jax.random.fold_in(train_key, epoch))
+                if eval_pending:   # trace and compile it while the first epoch runs
+                    evaluate.lower(state, eval_splits, eval_key).compile()
+                    eval_pending = False
                 parts.append([np.atleast_1d(a) for a in jax.device_get(out)])
                 if b is not None:
                     take_snapshot(state)
