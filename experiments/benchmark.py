@@ -166,8 +166,9 @@ _IN_LOOP = flags.DEFINE_integer(
     "in_loop", 0, "With --conv_phases: also time every phase this many times inside one "
     "lax.fori_loop (per call), where fit's epochs run their steps.", lower_bound=0)
 _FAST_CONV_GRAD = flags.DEFINE_bool(
-    "fast_conv_grad", True, "Zoo convs compute their kernel gradient as per-tap matmuls on "
-    "CPU (--nofast_conv_grad: XLA's own, to compare).")
+    "fast_conv_grad", True, "Zoo convs compute their gradients randjax's way on CPU: the "
+    "kernel gradient as per-tap matmuls, the input gradient as a conv with the flipped "
+    "kernel (--nofast_conv_grad: XLA's own, to compare).")
 
 
 def _synthetic(shape, n, num_classes=10, seed=0) -> data_lib.Dataset:
@@ -390,29 +391,27 @@ def global_mask_seconds(model_name: str, dataset: data_lib.Dataset,
             "sort_ms": 1e3 * seconds["sort"]}
 
 
-def _bare_epoch(model, x, y, batch: int, tx: optax.GradientTransformation, stats=None):
+def _bare_epoch(model, x, y, batch: int, tx: optax.GradientTransformation):
     """``(epoch, steps)``: one shuffled epoch as a bare scan,
-    ``epoch((params, opt_state), key)``; with ``stats`` (BatchNorm's
-    ``batch_stats``) ``epoch((params, opt_state, stats), key)``, in training mode."""
+    ``epoch((params, opt_state, batch_stats), key)``; ``batch_stats`` is
+    BatchNorm's (the model then runs in training mode), or None."""
     steps = len(y) // batch
 
     def loss_fn(params, stats, idx):
         if stats is None:
-            return optax.softmax_cross_entropy_with_integer_labels(
-                model.apply({"params": params}, x[idx]), y[idx]).mean(), None
-        logits, new = model.apply({"params": params, "batch_stats": stats}, x[idx],
-                                  train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
-        return loss, new["batch_stats"]
+            logits = model.apply({"params": params}, x[idx])
+        else:
+            logits, new = model.apply({"params": params, "batch_stats": stats}, x[idx],
+                                      train=True, mutable=["batch_stats"])
+            stats = new["batch_stats"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean(), stats
 
     def epoch(carry, key):
         def body(carry, idx):
-            params, opt_state, *stats = carry
-            (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, stats[0] if stats else None, idx)
+            params, opt_state, stats = carry
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, idx)
             updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state, *([new_stats] if stats else [])), loss
+            return (optax.apply_updates(params, updates), opt_state, stats), loss
         order = jax.random.permutation(key, len(y))[:steps * batch].reshape(steps, batch)
         return jax.lax.scan(body, carry, order)
 
@@ -430,10 +429,10 @@ def bare_epoch_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
                        fast_conv_grad=_FAST_CONV_GRAD.value)
     x, y = jnp.asarray(dataset.train.x), jnp.asarray(dataset.train.y)
     variables = model.init(jax.random.key(0), x[:1])
-    params, stats = variables["params"], variables.get("batch_stats")
-    epoch, steps = _bare_epoch(model, x, y, batch, tx, stats)
+    params = variables["params"]
+    epoch, steps = _bare_epoch(model, x, y, batch, tx)
     epoch = jax.jit(epoch)
-    carry = [(params, tx.init(params), *([stats] if stats is not None else []))]
+    carry = [(params, tx.init(params), variables.get("batch_stats"))]
 
     def one_epoch():
         carry[0], losses = epoch(carry[0], jax.random.key(1))
@@ -539,8 +538,8 @@ def seeds_seconds(model_name: str, dataset: data_lib.Dataset, batch: int,
     epoch, _ = _bare_epoch(model, x, y, batch, tx)
     single, stacked = jax.jit(epoch), jax.jit(jax.vmap(epoch))
     runs = [jax.tree.map(lambda a, i=i: a[i], (params, opt_states, keys)) for i in range(seeds)]
-    loop = lambda: [single((p, o), k) for p, o, k in runs]
-    together = lambda: stacked((params, opt_states), keys)
+    loop = lambda: [single((p, o, None), k) for p, o, k in runs]
+    together = lambda: stacked((params, opt_states, None), keys)
     looped, vmapped = jax.block_until_ready((loop(), together()))  # compile
     # How far the vmapped runs drift from the looped ones: batched matmuls
     # round differently from single ones, and SGD amplifies it over an epoch.

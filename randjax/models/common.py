@@ -75,9 +75,9 @@ class Model(nn.Module):
         bias_init: initializer of conv and dense biases.
         dtype: computation dtype (parameters stay float32).
         fast_conv_grad: convs compute their gradients with
-            `conv_general_dilated` (faster on CPU, same values to float
-            rounding); ``False`` uses
-            plain ``lax.conv_general_dilated`` (e.g. for forward-mode autodiff).
+            `conv_general_dilated` (faster on CPU, the same values to float
+            rounding); ``False`` uses plain ``lax.conv_general_dilated``
+            (e.g. for forward-mode autodiff).
 
     Every option is checked when the module is constructed (`randjax.models.get`
     or directly): a wrong type or value raises ValueError naming the option
@@ -312,16 +312,17 @@ _fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
-    """``lax.conv_general_dilated`` with a faster kernel gradient on CPU (see
-    above), for ``nn.Conv(conv_general_dilated=...)``.
+    """``lax.conv_general_dilated`` with faster gradients on CPU (see above),
+    for ``nn.Conv(conv_general_dilated=...)``.
 
     The forward pass is ``lax.conv_general_dilated`` itself; on CPU the input
     gradient is a forward conv with the flipped kernel (fast inside loop
-    bodies too), elsewhere the conv's VJP.  The fast path covers channels-last convs (NHWC /
-    HWIO and their 1-D / 3-D analogues) with any strides and padding; anything
-    else (dilation, feature or batch groups, other layouts, mixed dtypes,
-    ``preferred_element_type``) is plain ``lax.conv_general_dilated``.  Being a
-    ``jax.custom_vjp``, the fast path supports reverse-mode autodiff only
+    bodies too), elsewhere the conv's VJP.  The fast path covers
+    channels-last convs (NHWC / HWIO and their 1-D / 3-D analogues) with any
+    strides and padding; anything else (dilation, feature or batch groups,
+    other layouts, mixed dtypes, ``preferred_element_type``) is plain
+    ``lax.conv_general_dilated``.  Being a ``jax.custom_vjp``, the fast path
+    supports reverse-mode autodiff only
     (``Model(fast_conv_grad=False)`` for forward mode).
     """
     nd = lhs.ndim - 2
