@@ -94,6 +94,11 @@ with ``--in_loop=N`` also inside a loop of N calls, as in an epoch.
 the whole process of ``python -m experiments.train`` on each preset, cold
 and warm compilation cache, phase by phase over ``--repeats`` rounds
 (`experiments.end_to_end`).
+
+``--init_times=NAMES`` (zoo models, or ``all``) times `randjax.train.init_state`
+for each model on 28x28x1, each in its own process, cold and warm
+compilation cache, with the dense network and SGD or (``--init_method=laperm``)
+LaPerm around Adam (`experiments.init_times`).
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ from absl import app, flags
 from flax import nnx
 
 import randjax
-from experiments import conv_phases, end_to_end, registry, timing
+from experiments import conv_phases, end_to_end, init_times, registry, timing
 from randjax import data as data_lib
 from randjax import models, permute, train
 from randjax.methods import slot_machine
@@ -158,6 +163,11 @@ _END_TO_END = flags.DEFINE_list(
     "end_to_end", [], "Presets (or 'all') to run end to end as `experiments.train` "
     "processes, cold and warm cache, timing each phase (experiments.end_to_end).")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Rounds of --end_to_end (medians).", lower_bound=1)
+_INIT_TIMES = flags.DEFINE_list(
+    "init_times", [], "Zoo models (or 'all') whose init_state to time on 28x28x1, each in "
+    "its own process, cold and warm cache (experiments.init_times).")
+_INIT_METHOD = flags.DEFINE_enum("init_method", "dense", init_times.METHODS,
+                                 "With --init_times: the dense network and SGD, or LaPerm.")
 _CONV_PHASES = flags.DEFINE_bool(
     "conv_phases", False, "Instead, time Conv-4's step and each layer's forward, input and "
     "kernel gradients and pooling (experiments.conv_phases; PyTorch's: "
@@ -167,8 +177,8 @@ _IN_LOOP = flags.DEFINE_integer(
     "lax.fori_loop (per call), where fit's epochs run their steps.", lower_bound=0)
 _FAST_CONV_GRAD = flags.DEFINE_bool(
     "fast_conv_grad", True, "Zoo convs compute their gradients randjax's way on CPU: the "
-    "kernel gradient as per-tap matmuls, the input gradient as a conv with the flipped "
-    "kernel (--nofast_conv_grad: XLA's own, to compare).")
+    "kernel gradient as matmuls (one per kernel row), the input gradient as a conv with "
+    "the flipped kernel (--nofast_conv_grad: XLA's own, to compare).")
 
 
 def _synthetic(shape, n, num_classes=10, seed=0) -> data_lib.Dataset:
@@ -613,6 +623,20 @@ def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
 
 def main(argv):
     del argv
+    if _INIT_TIMES.value:
+        names = models.names() if _INIT_TIMES.value == ["all"] else _INIT_TIMES.value
+        unknown = sorted(set(names) - set(models.names()))
+        if unknown:
+            raise app.UsageError(f"unknown models {unknown}; choose from {models.names()}")
+        report = init_times.measure(names, _INIT_METHOD.value)
+        print(f"init_state seconds, {_INIT_METHOD.value}, 28x28x1 "
+              f"({platform.processor() or platform.machine()}, jax {jax.__version__}):")
+        print(init_times.table(report))
+        text = json.dumps(report, indent=2)
+        print(text)
+        if _JSON.value:
+            pathlib.Path(_JSON.value).write_text(text + "\n")
+        return
     if _END_TO_END.value:
         names = _END_TO_END.value
         try:

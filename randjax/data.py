@@ -13,6 +13,9 @@ Data sources (nothing is ever downloaded at run time):
   ``$RANDJAX_DATA_DIR/<name>``, the Debian package directory of the data set
   (``/usr/share/datasets/fashion-mnist`` from ``apt-get install
   dataset-fashion-mnist``) and ``name`` itself when it is a directory path.
+  A gzipped file is decompressed once: its IDX bytes are kept under
+  `decoded_cache_dir` (``~/.cache/randjax/idx``; ``RANDJAX_DATA_CACHE=off``
+  turns it off) and read from there while the file stays the same.
 * Any *prepared* TensorFlow Datasets data set, read with
   ``tfds.data_source`` (random access, no TensorFlow needed) from ``data_dir``
   or the default tfds directory, with ``download=False``.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import zlib
@@ -44,6 +48,7 @@ __all__ = [
     "DatasetNotFoundError",
     "Split",
     "augment",
+    "decoded_cache_dir",
     "load",
     "pad_to_chunks",
     "read_idx",
@@ -53,6 +58,8 @@ __all__ = [
 
 #: Environment variable naming a directory that holds ``<name>/`` IDX folders.
 DATA_DIR_ENV = "RANDJAX_DATA_DIR"
+#: Environment variable naming `decoded_cache_dir` (``off``: no cache).
+DATA_CACHE_ENV = "RANDJAX_DATA_CACHE"
 #: Directories installed by Debian data set packages, by data set name.
 SYSTEM_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 #: Debian packages providing the directories above.
@@ -218,9 +225,52 @@ def _idx_paths(directory: str) -> dict[str, str] | None:
     return paths
 
 
+def decoded_cache_dir() -> str | None:
+    """Where `load` keeps the decompressed copies of gzipped IDX files; None: nowhere.
+
+    ``$RANDJAX_DATA_CACHE`` (``off`` turns the copies off), else
+    ``$XDG_CACHE_HOME/randjax/idx`` (``~/.cache/randjax/idx``). Decompressing
+    Fashion-MNIST's training images takes most of its load time; the copy
+    is read in a fraction of it. A copy is named after its file's path,
+    size and modification time, so a changed file is decompressed anew;
+    delete the directory to reclaim the space.
+    """
+    chosen = os.environ.get(DATA_CACHE_ENV)
+    if chosen == "off":
+        return None
+    if chosen:
+        return chosen
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "randjax", "idx")
+
+
+def _read_idx_decoded_once(path: str) -> np.ndarray:
+    """`read_idx`, decompressing a ``.gz`` file only when `decoded_cache_dir` has no copy."""
+    cache = decoded_cache_dir()
+    if not path.endswith(".gz") or cache is None:
+        return read_idx(path)
+    stat = os.stat(path)
+    tag = hashlib.sha256(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}"
+                         .encode()).hexdigest()[:16]
+    copy = os.path.join(cache, f"{os.path.basename(path)[:-3]}-{tag}")
+    try:
+        return read_idx(copy)
+    except (OSError, ValueError):   # no copy yet, or a damaged one: decompress
+        pass
+    array = read_idx(path)
+    try:   # written whole, then renamed: readers never see a partial copy
+        os.makedirs(cache, exist_ok=True)
+        partial = f"{copy}.{os.getpid()}.partial"
+        write_idx(partial, array)
+        os.replace(partial, copy)
+    except OSError:   # a read-only or full cache: this run decompresses, that is all
+        pass
+    return array
+
+
 def _load_idx_dir(paths: dict[str, str]) -> _Raw:
     """Reads the four IDX files into ([0, 1] float32 NHWC, int) train/test splits."""
-    arrays = {key: read_idx(p) for key, p in paths.items()}
+    arrays = {key: _read_idx_decoded_once(p) for key, p in paths.items()}
     splits = []
     for part in ("train", "test"):
         x, y = arrays["x_" + part], arrays["y_" + part]

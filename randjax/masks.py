@@ -109,9 +109,11 @@ def order_key(x: jax.Array) -> jax.Array:
     sign = _sign_bit(udtype)
     if jnp.issubdtype(x.dtype, jnp.integer):
         return bits ^ sign
-    keys = jnp.where(bits >= sign, ~bits, bits | sign)
-    keys = jnp.where(x == 0, sign, keys)
-    return jnp.where(jnp.isnan(x), _max_key(udtype), keys)
+    # lax, not jnp.where: LaPerm's sync traces this in every process (see
+    # `randjax.permute`).
+    keys = lax.select(bits >= sign, ~bits, bits | sign)
+    keys = lax.select(x == 0, lax.full_like(keys, sign), keys)
+    return lax.select(x != x, lax.full_like(keys, _max_key(udtype)), keys)   # NaN
 
 
 def from_order_key(key: jax.Array, dtype) -> jax.Array:

@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from randjax import tree
 from randjax.masks import order_key
@@ -75,11 +76,19 @@ def check_output_axis(output_axis, ndim: int, where: str = "") -> int | None:
 
 
 def _to_last(x: jax.Array, axis: int | None) -> jax.Array:
-    return x if axis is None or axis == x.ndim - 1 else jnp.moveaxis(x, axis, -1)
+    """``jnp.moveaxis(x, axis, -1)`` (as a lax transpose: see `_select`)."""
+    if axis is None or axis == x.ndim - 1:
+        return x
+    return lax.transpose(x, (*(a for a in range(x.ndim) if a != axis), axis))
 
 
 def _from_last(x: jax.Array, axis: int | None) -> jax.Array:
-    return x if axis is None or axis == x.ndim - 1 else jnp.moveaxis(x, -1, axis)
+    """``jnp.moveaxis(x, -1, axis)``: undoes `_to_last`."""
+    if axis is None or axis == x.ndim - 1:
+        return x
+    order = list(range(x.ndim - 1))
+    order.insert(axis, x.ndim - 1)
+    return lax.transpose(x, tuple(order))
 
 
 def columns(x: jax.Array, output_axis: int = -1) -> jax.Array:
@@ -111,7 +120,61 @@ def _unsigned_key(x: jax.Array) -> jax.Array | None:
     their integer keys sort faster.
     """
     key = order_key(x)
-    return None if key.dtype.itemsize > 4 else key.astype(jnp.uint32)
+    return None if key.dtype.itemsize > 4 else lax.convert_element_type(key, jnp.uint32)
+
+
+# The argsort below is written in lax primitives, not jnp functions: every
+# jnp function is a nested jit to trace and lower, and LaPerm traces and
+# lowers its sync in every process, with a warm compilation cache too (the
+# `compile` phase of `experiments.benchmark --end_to_end=laperm_lenet_fmnist`).
+# Every function works along the last axis of an array of any rank.
+
+def _select(which: jax.Array, on_true, on_false) -> jax.Array:
+    """``jnp.where`` in lax: numpy broadcasting; a Python scalar takes the other's dtype."""
+    dtype = next(a.dtype for a in (on_true, on_false) if hasattr(a, "dtype"))
+    parts = [which, *(a if hasattr(a, "dtype") else lax.full((), a, dtype)
+                      for a in (on_true, on_false))]
+    shape = jnp.broadcast_shapes(*(a.shape for a in parts))
+    parts = [a if a.shape == shape else lax.broadcast_in_dim(
+        a, shape, tuple(range(len(shape) - a.ndim, len(shape)))) for a in parts]
+    return lax.select(*parts)
+
+
+def _positions(shape: tuple[int, ...]) -> jax.Array:
+    return lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+
+
+def _as_rows(a: jax.Array) -> jax.Array:
+    return a.reshape(-1, a.shape[-1])
+
+
+_ROWS_GATHER = lax.GatherDimensionNumbers(
+    offset_dims=(), collapsed_slice_dims=(1,), start_index_map=(1,),
+    operand_batching_dims=(0,), start_indices_batching_dims=(0,))
+_ROWS_SCATTER = lax.ScatterDimensionNumbers(
+    update_window_dims=(), inserted_window_dims=(1,), scatter_dims_to_operand_dims=(1,),
+    operand_batching_dims=(0,), scatter_indices_batching_dims=(0,))
+
+
+def _take_last(a: jax.Array, index: jax.Array) -> jax.Array:
+    """``jnp.take_along_axis(a, index, axis=-1)`` for in-range ``index`` of ``a``'s shape."""
+    out = lax.gather(_as_rows(a), _as_rows(index)[..., None], _ROWS_GATHER, (1, 1),
+                     mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    return out.reshape(a.shape)
+
+
+def _put_last(values: jax.Array, order: jax.Array) -> jax.Array:
+    """``out[..., order[..., j]] = values[..., j]``; ``order`` permutes each row."""
+    rows = _as_rows(values)
+    out = lax.scatter(lax.full_like(rows, 0), _as_rows(order)[..., None], rows,
+                      _ROWS_SCATTER, indices_are_sorted=False, unique_indices=True,
+                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    return out.reshape(values.shape)
+
+
+def _sort_positions(packed: jax.Array, index_bits: int) -> jax.Array:
+    """The positions held in the low ``index_bits`` of ``packed``, in sorted order."""
+    return lax.sort(packed, dimension=packed.ndim - 1) & ((1 << index_bits) - 1)
 
 
 def _index_bits(n: int) -> int:
@@ -131,14 +194,14 @@ def _radix_argsort(key: jax.Array) -> jax.Array:
     """
     index_bits = _index_bits(key.shape[-1])
     digit_bits = 31 - index_bits
-    position = jax.lax.broadcasted_iota(jnp.int32, key.shape, key.ndim - 1)
+    position = _positions(key.shape)
     order = None
     for shift in range(0, 32, digit_bits):
-        keys = key if order is None else jnp.take_along_axis(key, order, axis=-1)
-        mask = jnp.uint32((1 << min(digit_bits, 32 - shift)) - 1)
-        digit = ((keys >> shift) & mask).astype(jnp.int32)
-        step = jnp.sort((digit << index_bits) | position, axis=-1) & ((1 << index_bits) - 1)
-        order = step if order is None else jnp.take_along_axis(order, step, axis=-1)
+        keys = key if order is None else _take_last(key, order)
+        mask = (1 << min(digit_bits, 32 - shift)) - 1
+        digit = lax.convert_element_type((keys >> shift) & mask, jnp.int32)
+        step = _sort_positions((digit << index_bits) | position, index_bits)
+        order = step if order is None else _take_last(order, step)
     return order
 
 
@@ -156,28 +219,41 @@ def _coarse_rank_key(x: jax.Array, bits: int) -> jax.Array:
     tie close values. -inf goes to the bottom, +inf and every NaN (which
     sort above every finite value, see `order_key`) to the top.
     """
-    v = x.astype(jnp.float32)
-    finite = jnp.isfinite(v)
-    low = jnp.min(jnp.where(finite, v, jnp.inf), axis=-1, keepdims=True)
-    high = jnp.max(jnp.where(finite, v, -jnp.inf), axis=-1, keepdims=True)
+    v = lax.convert_element_type(x, jnp.float32)
+    finite = lax.is_finite(v)
+    last = (v.ndim - 1,)
+    low = lax.expand_dims(lax.reduce_min(_select(finite, v, jnp.inf), last), last)
+    high = lax.expand_dims(lax.reduce_max(_select(finite, v, -jnp.inf), last), last)
     top = (1 << bits) - 1
-    scale = top / jnp.where(high > low, high - low, jnp.inf)
+    scale = top / _select(high > low, high - low, jnp.inf)
     # No range, or one that overflows or flushes to zero: one step for all.
-    steps = jnp.where(jnp.isfinite(scale) & (scale > 0), (v - low) * scale, 0.0)
-    ends = jnp.where(jnp.isnan(v) | (v > 0), top, 0)       # +inf, NaN: top
-    return jnp.where(finite, jnp.clip(jnp.floor(steps), 0, top), ends).astype(jnp.int32)
+    steps = _select(lax.is_finite(scale) & (scale > 0), (v - low) * scale, 0.0)
+    steps = lax.convert_element_type(lax.clamp(0.0, lax.floor(steps), float(top)), jnp.int32)
+    ends = _select((v != v) | (v > 0), top, lax.full((), 0, jnp.int32))   # +inf, NaN: top
+    return _select(finite, steps, ends)
+
+
+def _neighbours(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``a[..., :-1]`` and ``a[..., 1:]``: every adjacent pair along the last axis."""
+    n, axis = a.shape[-1], a.ndim - 1
+    return lax.slice_in_dim(a, 0, n - 1, axis=axis), lax.slice_in_dim(a, 1, n, axis=axis)
 
 
 def _swap_inverted_pairs(key: jax.Array, order: jax.Array):
     """Swaps every adjacent pair that is out of (key, order) order, all at once."""
-    inverted = ~_in_order(key[..., :-1], order[..., :-1], key[..., 1:], order[..., 1:])
-    no = jnp.zeros((*inverted.shape[:-1], 1), bool)
-    take_next = jnp.concatenate([inverted, no], axis=-1)
-    take_previous = jnp.concatenate([no, inverted], axis=-1)
+    (key_a, key_b), (order_a, order_b) = _neighbours(key), _neighbours(order)
+    inverted = ~_in_order(key_a, order_a, key_b, order_b)
+    axis = key.ndim - 1
+    no = lax.full((*inverted.shape[:-1], 1), False)
+    take_next = lax.concatenate([inverted, no], axis)
+    take_previous = lax.concatenate([no, inverted], axis)
 
     def swap(a):
-        return jnp.where(take_next, jnp.roll(a, -1, axis=-1),
-                         jnp.where(take_previous, jnp.roll(a, 1, axis=-1), a))
+        head, tail = _neighbours(a)
+        first, last = lax.slice_in_dim(a, 0, 1, axis=axis), lax.slice_in_dim(a, -1, None, axis=axis)
+        next_ = lax.concatenate([tail, first], axis)        # jnp.roll(a, -1)
+        previous = lax.concatenate([last, head], axis)      # jnp.roll(a, 1)
+        return lax.select(take_next, next_, lax.select(take_previous, previous, a))
 
     return swap(key), swap(order)
 
@@ -185,8 +261,8 @@ def _swap_inverted_pairs(key: jax.Array, order: jax.Array):
 def _one_sort_argsort(x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One-sort argsort along the last axis, and whether it is exact.
 
-    One int32 sort of ``coarse << b | position`` (``b`` bits hold a
-    position, `_coarse_rank_key` fills the other ``31 - b``) orders the
+    One int32 sort of ``coarse << b | position`` (``b`` bits hold a position,
+    `_coarse_rank_key` fills the other ``31 - b``) orders the
     elements up to ties of the coarse key. For weight vectors such ties
     are rare (784-long uniform vectors: ~0.15 per vector) and come in
     pairs, so one simultaneous swap of the inverted adjacent pairs by the
@@ -199,11 +275,11 @@ def _one_sort_argsort(x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Arra
     """
     index_bits = _index_bits(key.shape[-1])
     coarse = _coarse_rank_key(x, min(31 - index_bits, 24))
-    position = jax.lax.broadcasted_iota(jnp.int32, key.shape, key.ndim - 1)
-    order = jnp.sort((coarse << index_bits) | position, axis=-1) & ((1 << index_bits) - 1)
-    ordered, order = _swap_inverted_pairs(jnp.take_along_axis(key, order, axis=-1), order)
-    exact = _in_order(ordered[..., :-1], order[..., :-1], ordered[..., 1:], order[..., 1:])
-    return order, jnp.all(exact)
+    order = _sort_positions((coarse << index_bits) | _positions(key.shape), index_bits)
+    ordered, order = _swap_inverted_pairs(_take_last(key, order), order)
+    (key_a, key_b), (order_a, order_b) = _neighbours(ordered), _neighbours(order)
+    exact = _in_order(key_a, order_a, key_b, order_b)
+    return order, lax.reduce_and(exact, tuple(range(exact.ndim)))
 
 
 # Up to this length the coarse key has >= 21 bits: >= 2,000 steps per element.
@@ -219,19 +295,22 @@ def _argsort_last(x: jax.Array, key: jax.Array) -> jax.Array:
     if key.shape[-1] > _ONE_SORT_MAX_LENGTH:
         return _radix_argsort(key)
     order, exact = _one_sort_argsort(x, key)
-    return jax.lax.cond(exact, lambda: order, lambda: _radix_argsort(key))
+    return lax.cond(exact, lambda: order, lambda: _radix_argsort(key))
+
+
+def _argsort_rows(x: jax.Array) -> jax.Array:
+    """Stable argsort along the last axis."""
+    key = _unsigned_key(x)
+    if key is not None and x.shape[-1] <= 1 << 29:
+        return _argsort_last(x, key)
+    return lax.sort((order_key(x), _positions(x.shape)), dimension=x.ndim - 1,
+                    is_stable=True, num_keys=1)[1]
 
 
 def _argsort(x: jax.Array, axis: int) -> jax.Array:
     """Stable argsort along ``axis``."""
     axis = axis % x.ndim
-    key = _unsigned_key(x)
-    if key is not None and x.shape[axis] <= 1 << 29:
-        last = lambda a: jnp.moveaxis(a, axis, -1)
-        return jnp.moveaxis(_argsort_last(last(x), last(key)), -1, axis)
-    index = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    return jax.lax.sort((order_key(x), index), dimension=axis, is_stable=True,
-                        num_keys=1)[1]
+    return _from_last(_argsort_rows(_to_last(x, axis)), axis)
 
 
 def _check_array(x, name: str) -> jax.Array:
@@ -349,14 +428,12 @@ def sync_leaf(sorted0: jax.Array, w: jax.Array, output_axis: int = -1) -> jax.Ar
     """
     axis = check_output_axis(output_axis, w.ndim)
     moved = _to_last(w, axis)
-    s, v = columns(_to_last(sorted0, axis)), columns(moved)
+    vectors = lambda a: _to_last(columns(a), 0)     # (out, n): one weight vector per row
     # target[order[j]] = sorted0[j]: the j-th smallest weight of the vector
     # takes the j-th smallest initial value, i.e. sorted0[ranks(w)], with one
     # sort and one scatter instead of two sorts and a gather.
-    order = _argsort(v, 0)
-    target = jnp.put_along_axis(jnp.empty_like(s), order, s, axis=0,
-                                inplace=False, mode="promise_in_bounds")
-    return _from_last(target.reshape(moved.shape), axis)
+    target = _put_last(vectors(_to_last(sorted0, axis)), _argsort_rows(vectors(moved)))
+    return _from_last(_from_last(target, 0).reshape(moved.shape), axis)
 
 
 def sync(sorted0: PyTree, params: PyTree, *, output_axis: int = -1) -> PyTree:

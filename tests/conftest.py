@@ -1,4 +1,4 @@
-"""Test session setup: a persistent XLA compilation cache.
+"""Test session setup: a persistent XLA compilation cache, a decoded-data cache.
 
 Many tests compile the same small train steps; caching the executables
 (keyed by the HLO and the compiler flags, so never stale) cuts the suite's
@@ -15,6 +15,9 @@ import pytest
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "randjax-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Decompressed IDX copies (randjax.data.decoded_cache_dir) stay out of ~/.cache.
+os.environ.setdefault("RANDJAX_DATA_CACHE",
+                      os.path.join(tempfile.gettempdir(), "randjax-test-idx-cache"))
 
 
 @pytest.fixture(scope="session")

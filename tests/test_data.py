@@ -18,8 +18,9 @@ IDX_NAMES = (
 
 
 @pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch):
+def _hermetic_env(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(data.DATA_CACHE_ENV, str(tmp_path / "decoded"))
 
 
 def _write_idx_dataset(directory, n_train=30, n_test=12, shape=(28, 28), seed=0, gz=True):
@@ -190,6 +191,56 @@ def test_idx_directory_loader(tmp_path, gz):
     np.testing.assert_array_equal(ds.train.y, y_train)
     np.testing.assert_array_equal(ds.test.y, y_test)
     assert ds.train.y.dtype == np.int32
+
+
+def test_gzipped_idx_is_decompressed_once(tmp_path, monkeypatch):
+    arrays = _write_idx_dataset(tmp_path / "toy")
+    first = data.load(str(tmp_path / "toy"), val_fraction=0.0, normalize="unit")
+    copies = sorted(os.listdir(tmp_path / "decoded"))
+    assert [c.rsplit("-", 1)[0] for c in copies] == sorted(IDX_NAMES)
+
+    def no_decompress(_):
+        raise AssertionError("decompressed although a decoded copy exists")
+
+    with monkeypatch.context() as m:
+        m.setattr(gzip, "decompress", no_decompress)
+        again = data.load(str(tmp_path / "toy"), val_fraction=0.0, normalize="unit")
+    np.testing.assert_array_equal(again.train.x, first.train.x)
+    np.testing.assert_array_equal(again.test.y, first.test.y)
+    # A changed file is decompressed anew, never answered from a stale copy.
+    changed = _write_idx_dataset(tmp_path / "toy", seed=5)
+    assert not np.array_equal(changed[0], arrays[0])
+    fresh = data.load(str(tmp_path / "toy"), val_fraction=0.0, normalize="unit")
+    np.testing.assert_allclose(fresh.train.x[..., 0], changed[0] / 255.0, rtol=1e-6)
+    # A damaged copy is ignored and rewritten.
+    for copy in os.listdir(tmp_path / "decoded"):
+        (tmp_path / "decoded" / copy).write_bytes(b"\0\0\x08")
+    again = data.load(str(tmp_path / "toy"), val_fraction=0.0, normalize="unit")
+    np.testing.assert_array_equal(again.train.x, fresh.train.x)
+
+    def readable(name):
+        try:
+            return data.read_idx(tmp_path / "decoded" / name).size > 0
+        except ValueError:
+            return False
+
+    assert sum(map(readable, os.listdir(tmp_path / "decoded"))) == len(IDX_NAMES)
+
+
+def test_decoded_cache_can_be_off_or_unwritable(tmp_path, monkeypatch):
+    arrays = _write_idx_dataset(tmp_path / "toy")
+    monkeypatch.setenv(data.DATA_CACHE_ENV, "off")
+    assert data.decoded_cache_dir() is None
+    ds = data.load(str(tmp_path / "toy"), val_fraction=0.0)
+    assert not (tmp_path / "decoded").exists()
+    (tmp_path / "blocked").write_text("a file where the cache directory would be")
+    monkeypatch.setenv(data.DATA_CACHE_ENV, str(tmp_path / "blocked" / "idx"))
+    again = data.load(str(tmp_path / "toy"), val_fraction=0.0)
+    np.testing.assert_array_equal(again.train.x, ds.train.x)
+    np.testing.assert_array_equal(again.train.y, arrays[1])
+    monkeypatch.delenv(data.DATA_CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.decoded_cache_dir() == str(tmp_path / "xdg" / "randjax" / "idx")
 
 
 def test_idx_via_env_and_data_dir(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -215,15 +216,17 @@ def _check_dtype(dtype) -> None:
 #
 # XLA:CPU computes a conv's kernel gradient as a convolution whose window is the
 # whole feature map, several times slower than the forward conv on large maps.
-# One 2-D matmul per kernel tap, ``slice(x)^T @ dy`` with the slice a shifted,
-# strided window of the padded input, gives the same kernel gradient much
-# faster (XLA stays a little faster on single small layers, but keeping it
-# there made ResNet-20's step slower). Tried and slower: concatenating taps
-# (im2col, or per kernel row) into fewer, larger matmuls; shifting the output
-# gradient instead of the input; einsum / dot_general over the 4-D slices;
-# channels-first slices. ``python -m experiments.benchmark --model=conv4
-# --nofast_conv_grad`` compares the two. On GPU/TPU (cuDNN) XLA's own kernel
-# gradient is fast and is kept.
+# Matmuls give the same kernel gradient much faster: ``window^T @ dy`` with
+# the window a shifted, strided slice of the padded input. Over the whole
+# batch at once (one matmul per tap) they stream every operand through memory
+# nine times; over groups of images whose slices stay in the caches, with a
+# kernel row's taps side by side (one matmul per row), they run about twice
+# as fast again. Tried and slower: shifting the output gradient instead of
+# the input; the output gradient transposed once; whole-batch im2col; every
+# tap side by side where the input has many channels (fine for 3 channels).
+# ``python -m experiments.benchmark --conv_phases --in_loop=3`` times each
+# layer's gradients, ``--nofast_conv_grad`` compares XLA's own. On GPU/TPU
+# (cuDNN) XLA's own kernel gradient is fast and is kept.
 #
 # Inside a loop body (a `lax.scan` epoch), XLA:CPU's own input gradient -- the
 # conv's VJP, which flips the kernel through its dimension numbers -- runs
@@ -244,22 +247,60 @@ def _lax_conv(x, w, strides, pads, precision):
                                     dimension_numbers=_channels_last(x.ndim - 2))
 
 
+# Rows of the matmuls of one batch group in `_kernel_grad_matmul`: the
+# group's input windows and output gradient stay in the CPU's caches.
+_KERNEL_GRAD_GROUP_ROWS = 4096
+# Columns the side-by-side taps reach at least, where the kernel has them.
+_KERNEL_GRAD_MIN_WIDTH = 64
+
+
 def _kernel_grad_matmul(x, dy, window, strides, pads, precision):
-    """d loss / d kernel of `_lax_conv`, one ``(M, C)^T @ (M, O)`` matmul per
-    kernel tap (M = batch x output positions), accumulated in float32."""
+    """d loss / d kernel of `_lax_conv` by matmuls, accumulated in float32.
+
+    A loop over groups of images. In each, the windows of the taps of the
+    kernel's trailing axes (the last one, more while that makes fewer than
+    ``_KERNEL_GRAD_MIN_WIDTH`` columns) are put side by side in the
+    channels, and each tap of the other axes is one ``(m, o)^T @ (m,
+    width)`` matmul on a strided slice of them (m = the group's output
+    positions).
+    """
     n, c, o = x.shape[0], x.shape[-1], dy.shape[-1]
     if dy.size == 0:
         return jnp.zeros((*window, c, o), x.dtype)
     xp = lax.pad(x, jnp.zeros((), x.dtype),
                  [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
-    dy2 = dy.reshape(-1, o)
-    dw = []
-    for offset in itertools.product(*map(range, window)):  # kernel taps, row-major
-        end = [i + (m - 1) * s + 1 for i, m, s in zip(offset, dy.shape[1:-1], strides)]
-        tap = lax.slice(xp, (0, *offset, 0), (n, *end, c), (1, *strides, 1))  # (n, *out, c)
-        dw.append(jnp.matmul(tap.reshape(-1, c).T, dy2, precision=precision,
-                             preferred_element_type=jnp.float32))
-    return jnp.stack(dw).reshape(*window, c, o).astype(x.dtype)
+    out, nd = dy.shape[1:-1], len(window)
+    joined = next(j for j in range(1, nd + 1)
+                  if j == nd or math.prod(window[nd - j:]) * c >= _KERNEL_GRAD_MIN_WIDTH)
+    lead, tail = window[:nd - joined], window[nd - joined:]
+    width = math.prod(tail) * c
+    group = max(g for g in range(1, n + 1)
+                if n % g == 0 and (g == 1 or g * math.prod(out) <= _KERNEL_GRAD_GROUP_ROWS))
+
+    def shifted(a, offset, first):
+        """The strided window of the spatial axes ``first, first + 1, ...`` at ``offset``."""
+        for d, k in enumerate(offset, start=first):
+            a = lax.slice_in_dim(a, k, k + (out[d - 1] - 1) * strides[d - 1] + 1,
+                                 strides[d - 1], d)
+        return a
+
+    def add_group(i, acc):
+        xs = lax.dynamic_slice_in_dim(xp, i * group, group, 0)
+        dys = lax.dynamic_slice_in_dim(dy, i * group, group, 0).reshape(-1, o)
+        side_by_side = jnp.concatenate(   # (group, *padded lead, *out tail, width)
+            [shifted(xs, offset, 1 + len(lead)) for offset in itertools.product(*map(range, tail))],
+            axis=-1)
+        return acc + jnp.stack([   # the lead taps, row-major
+            lax.dot_general(dys, shifted(side_by_side, offset, 1).reshape(-1, width),
+                            (((0,), (0,)), ((), ())), precision=precision,
+                            preferred_element_type=jnp.float32)
+            for offset in itertools.product(*map(range, lead))])
+
+    dw = lax.fori_loop(0, n // group, add_group,
+                       jnp.zeros((math.prod(lead), o, width), jnp.float32))
+    dw = dw.reshape(*lead, o, *tail, c)                   # -> (*lead, *tail, c, o)
+    return dw.transpose(*range(len(lead)), *range(len(lead) + 1, nd + 2),
+                        len(lead)).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

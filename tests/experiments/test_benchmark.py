@@ -1,4 +1,4 @@
-"""The benchmark's model-API comparison (``--model_apis``) and end-to-end mode, run tiny.
+"""The benchmark's model-API comparison (``--model_apis``), end-to-end and init modes, run tiny.
 
 `experiments.benchmark` defines absl flags that other experiment modules
 define too (``--epochs``), so it runs in its own process here, as the
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import conv_phases, end_to_end
+from experiments import conv_phases, end_to_end, init_times
 from randjax import models
 
 SCRIPT = """
@@ -66,6 +66,16 @@ def test_end_to_end_times_every_phase_cold_and_warm(tmp_path):
     assert "adam_lenet_fmnist" in end_to_end.table({"adam_lenet_fmnist": report})
     with pytest.raises(ValueError, match="unknown presets"):
         end_to_end.run(["lth_lenet_fmnist"])
+
+
+def test_init_times_cold_then_warm(tmp_path):
+    report = init_times.measure(["lenet300_100"], "laperm", root=str(tmp_path))
+    seconds = report["lenet300_100"]
+    # The warm process loads the program the cold one compiled.
+    assert 0 < seconds["warm"] < seconds["cold"]
+    assert init_times.table(report).splitlines()[1].startswith("lenet300_100")
+    with pytest.raises(ValueError, match="method must be one of"):
+        init_times.init_seconds("lenet300_100", "adam")
 
 
 FACTORED = """

@@ -1,5 +1,5 @@
 """Tests of `randjax.models.common.conv_general_dilated`: the conv whose kernel
-gradient is computed with per-tap matmuls on CPU must match
+gradient is computed with matmuls on CPU must match
 ``lax.conv_general_dilated`` exactly in the forward pass and to float tolerance
 in both gradients, and fall back to lax for what it does not handle."""
 
@@ -85,13 +85,15 @@ def test_gradients_match_lax_eager(i):
     check(x, w, jit=False, **kw)
 
 
-@pytest.mark.parametrize("platform,convs,dots", [("cpu", 1, 9), ("cuda", 2, 0), ("tpu", 2, 0)])
-def test_platforms(platform, convs, dots):
-    """The kernel gradient is 9 matmuls when compiled for CPU, XLA's conv
-    elsewhere (the forward conv is the other convolution)."""
+@pytest.mark.parametrize("platform,channels,convs,dots", [
+    ("cpu", 3, 1, 1), ("cpu", 32, 1, 3), ("cuda", 3, 2, 0), ("tpu", 3, 2, 0)])
+def test_platforms(platform, channels, convs, dots):
+    """The kernel gradient is matmuls when compiled for CPU (one per kernel
+    row, one for all nine taps of a 3-channel input), XLA's conv elsewhere
+    (the forward conv is the other convolution)."""
     grad = jax.jit(jax.grad(lambda w, x: jnp.sum(
         fast_conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC) ** 2)))
-    x, w = randn(0, (2, 7, 9, 3)), randn(1, (3, 3, 3, 4))
+    x, w = randn(0, (2, 7, 9, channels)), randn(1, (3, 3, channels, 4))
     hlo = jax.export.export(grad, platforms=[platform])(w, x).mlir_module()
     assert hlo.count("stablehlo.convolution") == convs
     assert hlo.count("stablehlo.dot_general") == dots
@@ -109,6 +111,19 @@ def test_input_gradient_platforms(platform, swapped):
     assert hlo.count("stablehlo.convolution") == 2
     assert ("x[0, 1, o, i]" in hlo) is swapped
     assert ("stablehlo.transpose" in hlo) is not swapped
+
+
+@pytest.mark.parametrize("batch,strides", [(6, (1, 1)), (7, (1, 2))])
+def test_kernel_gradient_over_several_batch_groups(batch, strides):
+    # 40x40 outputs: the matmuls run over groups of 2 images (6), or of one
+    # image (7, prime), in a loop whose sums must add up to lax's gradient.
+    # Sums of ~10,000 products: float32 tolerance relative to the largest.
+    x, w = randn(0, (batch, 40, 40, 5)), randn(1, (3, 2, 5, 6))
+    kw = dict(window_strides=strides, padding="SAME")
+    (_, grads), (_, grads_ref) = jax.jit(lambda: (outputs(fast_conv, x, w, **kw),
+                                                  outputs(lax.conv_general_dilated, x, w, **kw)))()
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-5 * float(jnp.abs(g_ref).max()))
 
 
 def test_negative_padding():
