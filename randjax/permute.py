@@ -189,8 +189,7 @@ def _radix_argsort(key: jax.Array) -> jax.Array:
     LSD radix sort whose passes are single-operand sorts of
     ``digit << b | position`` (``b`` bits hold a position): each pass is
     stable by construction, and two passes cover 32 key bits while rows
-    have at most 2**15 elements. `_argsort_last` needs it only for long
-    rows and where its one-sort path cannot finish.
+    have at most 2**15 elements. `_argsort_last` needs it for long rows.
     """
     index_bits = _index_bits(key.shape[-1])
     digit_bits = 31 - index_bits
@@ -289,13 +288,22 @@ _ONE_SORT_MAX_LENGTH = 1 << 10
 def _argsort_last(x: jax.Array, key: jax.Array) -> jax.Array:
     """Stable argsort along the last axis of ``x``, whose uint32 sort key is ``key``.
 
-    Short rows take one sort and a fix-up (`_one_sort_argsort`); the radix
-    sort runs only when the fix-up could not order them.
+    Long rows take the radix sort. Short rows take one sort and a fix-up
+    (`_one_sort_argsort`); only when the fix-up could not order them (rare
+    for weights) does a (key, position) sort run: slower than the radix
+    sort, but one operation to compile where LaPerm's sync has a copy in
+    every program that trains or evaluates.
     """
     if key.shape[-1] > _ONE_SORT_MAX_LENGTH:
         return _radix_argsort(key)
     order, exact = _one_sort_argsort(x, key)
-    return lax.cond(exact, lambda: order, lambda: _radix_argsort(key))
+    return lax.cond(exact, lambda: order, lambda: _pair_argsort(key))
+
+
+def _pair_argsort(key: jax.Array) -> jax.Array:
+    """Stable argsort along the last axis: one (key, position) sort."""
+    return lax.sort((key, _positions(key.shape)), dimension=key.ndim - 1, is_stable=True,
+                    num_keys=1)[1]
 
 
 def _argsort_rows(x: jax.Array) -> jax.Array:
