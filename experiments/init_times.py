@@ -25,8 +25,11 @@ import sys
 import tempfile
 import time
 
+import jax
+import optax
 from absl import app, flags
 
+import randjax
 from experiments import compile_cache
 
 METHODS = ("dense", "laperm")
@@ -35,11 +38,6 @@ _REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def init_seconds(model_name: str, method: str = "dense") -> float:
     """Seconds of one `init_state` of the zoo's ``model_name`` on 28x28x1, 10 classes."""
-    import jax
-    import optax
-
-    import randjax
-
     model = randjax.models.get(model_name, num_classes=10)
     tx = optax.sgd(0.1, momentum=0.9)
     if method == "laperm":
