@@ -220,10 +220,11 @@ def _check_dtype(dtype) -> None:
 # the window a shifted, strided slice of the padded input. Over the whole
 # batch at once (one matmul per tap) they stream every operand through memory
 # nine times; over groups of images whose slices stay in the caches, with a
-# kernel row's taps side by side (one matmul per row), they run about twice
-# as fast again. Tried and slower: shifting the output gradient instead of
-# the input; the output gradient transposed once; whole-batch im2col; every
-# tap side by side where the input has many channels (fine for 3 channels).
+# kernel row's taps side by side (one matmul per row), they run 1.3-2.3x as
+# fast again inside an epoch's loop (Conv4's convs). Tried and slower:
+# shifting the output gradient instead of the input; the output gradient
+# transposed once; whole-batch im2col; every tap side by side where the
+# input has many channels (fine for 3 channels).
 # ``python -m experiments.benchmark --conv_phases --in_loop=3`` times each
 # layer's gradients, ``--nofast_conv_grad`` compares XLA's own. On GPU/TPU
 # (cuDNN) XLA's own kernel gradient is fast and is kept.
