@@ -621,53 +621,51 @@ def analysis_seconds(model_name: str, dataset: data_lib.Dataset, repeats: int,
             "hook_parts_ms": {name: 1e3 * times[name] for name in parts}}
 
 
+def _print_report(header: str, table: str, report: dict) -> None:
+    """The header, the table and the report as JSON (also to ``--json``)."""
+    print(header)
+    print(table)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if _JSON.value:
+        pathlib.Path(_JSON.value).write_text(text + "\n")
+
+
 def main(argv):
     del argv
-    if _INIT_TIMES.value:
-        names = models.names() if _INIT_TIMES.value == ["all"] else _INIT_TIMES.value
-        unknown = sorted(set(names) - set(models.names()))
-        if unknown:
-            raise app.UsageError(f"unknown models {unknown}; choose from {models.names()}")
-        report = init_times.measure(names, _INIT_METHOD.value)
-        print(f"init_state seconds, {_INIT_METHOD.value}, 28x28x1 "
-              f"({platform.processor() or platform.machine()}, jax {jax.__version__}):")
-        print(init_times.table(report))
-        text = json.dumps(report, indent=2)
-        print(text)
-        if _JSON.value:
-            pathlib.Path(_JSON.value).write_text(text + "\n")
-        return
-    if _END_TO_END.value:
-        names = _END_TO_END.value
-        try:
+    machine = f"{platform.processor() or platform.machine()}, jax {jax.__version__}"
+    try:
+        if _INIT_TIMES.value:
+            names = _INIT_TIMES.value
+            report = init_times.measure(models.names() if names == ["all"] else names,
+                                        _INIT_METHOD.value)
+            _print_report(f"init_state seconds, {_INIT_METHOD.value}, 28x28x1 ({machine}):",
+                          init_times.table(report), report)
+            return
+        if _END_TO_END.value:
+            names = _END_TO_END.value
             report = end_to_end.run(end_to_end.preset_names() if names == ["all"] else names,
                                     _REPEATS.value)
-        except ValueError as error:
-            raise app.UsageError(str(error)) from None
-        print(f"end to end, {_REPEATS.value} round(s), seconds (medians; "
-              f"{platform.processor() or platform.machine()}, jax {jax.__version__}):")
-        print(end_to_end.table(report))
-        text = json.dumps(report, indent=2)
-        print(text)
-        if _JSON.value:
-            pathlib.Path(_JSON.value).write_text(text + "\n")
-        return
+            _print_report(f"end to end, {_REPEATS.value} round(s), seconds (medians; "
+                          f"{machine}):", end_to_end.table(report), report)
+            return
+    except ValueError as error:   # unknown models or presets
+        raise app.UsageError(str(error)) from None
     if _IN_LOOP.value and not _CONV_PHASES.value:
         raise app.UsageError("--in_loop times --conv_phases; add --conv_phases")
     if _CONV_PHASES.value:
         report = conv_phases.conv4_phase_ms(_BATCH.value, _STEPS.value, _IN_LOOP.value)
-        print(f"conv4, batch {_BATCH.value}, 32x32x3, {jax.device_count()} "
-              f"{jax.default_backend()} device(s), median ms:")
-        for part, phases in report.items():
-            print(part.ljust(8) + "  ".join(f"{k} {v:.2f}" for k, v in phases.items()))
-        print(json.dumps(report, indent=2))
+        _print_report(f"conv4, batch {_BATCH.value}, 32x32x3, {jax.device_count()} "
+                      f"{jax.default_backend()} device(s), median ms ({machine}):",
+                      "\n".join(part.ljust(8) + "  ".join(f"{k} {v:.2f}" for k, v in
+                                                          phases.items())
+                                for part, phases in report.items()), report)
         return
     if _SELECT_SIZE.value > 0:
         report = selection_seconds(_SELECT_SIZE.value, _STEPS.value)
-        print(f"k-th largest of {report['size']} float32 (k = n/2): kth_largest "
-              f"{report['kth_largest_ms']:.2f} ms, jnp.sort {report['sort_ms']:.2f} ms, "
-              f"speedup {report['speedup']:.1f}x")
-        print(json.dumps(report, indent=2))
+        _print_report(f"k-th largest of {report['size']} float32 (k = n/2):",
+                      f"kth_largest {report['kth_largest_ms']:.2f} ms, jnp.sort "
+                      f"{report['sort_ms']:.2f} ms, speedup {report['speedup']:.1f}x", report)
         return
     if _DATASET.value == "synthetic":
         dataset = _synthetic(tuple(int(s) for s in _INPUT_SHAPE.value), _NUM_EXAMPLES.value)

@@ -9,8 +9,8 @@ the two step times can be compared part by part:
 * every conv layer: ``forward``, ``input_grad`` (the gradient sent to the
   layer below; on CPU randjax's forward conv with the flipped kernel),
   ``input_grad_xla`` (XLA's own: the conv's VJP), ``kernel_grad`` (randjax's
-  CPU kernel gradient: matmuls over groups of images, one per kernel row) and ``kernel_grad_xla``
-  (XLA's own convolution);
+  CPU kernel gradient: matmuls over groups of images, one per kernel row)
+  and ``kernel_grad_xla`` (XLA's own convolution);
 * every max-pool: forward and backward together (``pool``);
 * every dense layer: ``forward``, ``input_grad``, ``kernel_grad``.
 

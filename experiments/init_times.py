@@ -52,7 +52,14 @@ def init_seconds(model_name: str, method: str = "dense") -> float:
 
 
 def measure(names: list[str], method: str = "dense", root: str | None = None) -> dict:
-    """``{model: {"cold": seconds, "warm": seconds}}``, each in a fresh process."""
+    """``{model: {"cold": seconds, "warm": seconds}}``, each in a fresh process.
+
+    Raises:
+        ValueError: a name that is not a zoo model.
+    """
+    unknown = sorted(set(names) - set(randjax.models.names()))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {randjax.models.names()}")
     report = {}
     with tempfile.TemporaryDirectory(dir=root) as scratch:
         for name in names:

@@ -76,6 +76,8 @@ def test_init_times_cold_then_warm(tmp_path):
     assert init_times.table(report).splitlines()[1].startswith("lenet300_100")
     with pytest.raises(ValueError, match="method must be one of"):
         init_times.init_seconds("lenet300_100", "adam")
+    with pytest.raises(ValueError, match="unknown models"):
+        init_times.measure(["lenet5"])
 
 
 FACTORED = """

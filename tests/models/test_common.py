@@ -113,17 +113,28 @@ def test_input_gradient_platforms(platform, swapped):
     assert ("stablehlo.transpose" in hlo) is not swapped
 
 
-@pytest.mark.parametrize("batch,strides", [(6, (1, 1)), (7, (1, 2))])
-def test_kernel_gradient_over_several_batch_groups(batch, strides):
+@pytest.mark.parametrize("batch,strides,groups", [(6, (1, 1), 3), (7, (1, 2), 7)])
+def test_kernel_gradient_over_several_batch_groups(batch, strides, groups):
     # 40x40 outputs: the matmuls run over groups of 2 images (6), or of one
     # image (7, prime), in a loop whose sums must add up to lax's gradient.
     # Sums of ~10,000 products: float32 tolerance relative to the largest.
     x, w = randn(0, (batch, 40, 40, 5)), randn(1, (3, 2, 5, 6))
     kw = dict(window_strides=strides, padding="SAME")
+    kernel_grad = jax.grad(lambda w: jnp.sum(fast_conv(x, w, dimension_numbers=NHWC, **kw)))
+    assert scan_lengths(jax.make_jaxpr(kernel_grad)(w).jaxpr) == [groups]
     (_, grads), (_, grads_ref) = jax.jit(lambda: (outputs(fast_conv, x, w, **kw),
                                                   outputs(lax.conv_general_dilated, x, w, **kw)))()
     for g, g_ref in zip(grads, grads_ref):
         np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-5 * float(jnp.abs(g_ref).max()))
+
+
+def scan_lengths(jaxpr) -> list[int]:
+    """The lengths of every loop over a static range (`lax.fori_loop`) in ``jaxpr``."""
+    found = [eqn.params["length"] for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
+    for eqn in jaxpr.eqns:
+        for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+            found += scan_lengths(inner)
+    return found
 
 
 def test_negative_padding():
