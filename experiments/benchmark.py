@@ -86,6 +86,11 @@ call of `randjax.analysis.dynamics_hook` with spectra on every kernel, with
 measures timed alone (each over every kernel in one jitted program; ``ranks``
 is one ranking, the ranking distance's share).
 
+Every run also reports ``shuffle``: one epoch's data order over the
+training split as `randjax.fit` draws it (`randjax.permute.random_permutation`)
+and as `jax.random.permutation` does, checked equal bit for bit and timed in
+turn (the bare scan above draws JAX's).
+
 ``--conv_phases`` times Conv-4's step and every layer's phases instead
 (`experiments.conv_phases`; `experiments.pytorch_conv4` times PyTorch's),
 with ``--in_loop=N`` also inside a loop of N calls, as in an epoch.
@@ -376,6 +381,21 @@ def selection_seconds(n: int, repeats: int) -> dict:
     return {"size": n, "kth_largest_ms": 1e3 * seconds["kth_largest"],
             "sort_ms": 1e3 * seconds["sort"],
             "speedup": seconds["sort"] / seconds["kth_largest"]}
+
+
+def shuffle_seconds(n: int, repeats: int) -> dict:
+    """An epoch's data order: `randjax.permute.random_permutation` against JAX's.
+
+    Both jitted on ``n`` examples and checked equal bit for bit, timed in turn.
+    """
+    fns = {"random_permutation": jax.jit(lambda key: permute.random_permutation(key, n)),
+           "jax_permutation": jax.jit(lambda key: jax.random.permutation(key, n))}
+    key = jax.random.key(0)
+    assert (fns["random_permutation"](key) == fns["jax_permutation"](key)).all()
+    seconds = timing.interleaved_medians({name: functools.partial(fn, key)
+                                          for name, fn in fns.items()}, repeats)
+    return {"examples": n, **{f"{name}_ms": 1e3 * s for name, s in seconds.items()},
+            "speedup": seconds["jax_permutation"] / seconds["random_permutation"]}
 
 
 def global_mask_seconds(model_name: str, dataset: data_lib.Dataset,
@@ -741,12 +761,16 @@ def main(argv):
             f"weights at the end {apis['identical_params']}")
     bare = bare_epoch_seconds(_MODEL.value, dataset, _BATCH.value, tx, _EPOCHS.value)
     results["dense"]["epoch_over_bare_scan"] = results["dense"]["epoch_seconds"] / bare
+    shuffle = shuffle_seconds(len(dataset.train.y), max(5, _STEPS.value))
+    print(f"an epoch's order of {shuffle['examples']} examples: random_permutation "
+          f"{shuffle['random_permutation_ms']:.2f} ms, jax.random.permutation "
+          f"{shuffle['jax_permutation_ms']:.2f} ms ({shuffle['speedup']:.2f}x)")
     report = {"model": _MODEL.value, "dataset": dataset.name,
               "input_shape": list(dataset.input_shape), "batch": _BATCH.value,
               "optimizer": _OPTIMIZER.value, "backend": jax.default_backend(),
               "devices": jax.device_count(), "cpu": platform.processor() or platform.machine(),
               "jax": jax.__version__, "fast_conv_grad": _FAST_CONV_GRAD.value,
-              "bare_scan_epoch_seconds": bare, "results": results}
+              "bare_scan_epoch_seconds": bare, "shuffle": shuffle, "results": results}
     columns = ["step_ms", "images_per_second", "epoch_seconds", "steps_per_epoch",
                "overhead", "ratio_to_dense", "epoch_ratio_to_dense"]
     print(f"{_MODEL.value} on {dataset.name} {tuple(dataset.input_shape)}, batch "

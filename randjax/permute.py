@@ -361,6 +361,44 @@ def ranks(x: jax.typing.ArrayLike, axis: int = -1) -> jax.Array:
                               inplace=False, mode="promise_in_bounds")
 
 
+def random_permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)`` as int32, bit for bit, faster on CPU.
+
+    JAX shuffles ``arange(n)`` by rounds of a stable sort on fresh random
+    uint32 keys (`lax.sort_key_val`: a two-operand sort, which XLA's CPU
+    backend runs through a generic comparator). On CPU each round here is
+    `_radix_argsort`'s one-operand int32 sorts instead: the same stable order
+    of the same keys, so the same permutation in about half the time
+    (``shuffle`` in ``python -m experiments.benchmark --model=lenet300_100
+    --dataset=fashion_mnist``). Other platforms run JAX's own. Jittable with
+    ``n`` static; `randjax.data.shuffle_batches` draws each epoch's order by it.
+
+    Args:
+        key: PRNG key (typed or raw).
+        n: the number of elements (Python int >= 0).
+
+    Returns:
+        An int32 permutation of ``range(n)``.
+    """
+    n = tree.check_int(n, "n", minimum=0)
+
+    def jax_own(key):
+        return jax.random.permutation(key, n).astype(jnp.int32)
+
+    def radix(key):
+        # JAX's round count: enough rounds that ties of all keys are unlikely.
+        rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))
+        order = lax.iota(jnp.int32, n)
+        for _ in range(rounds):
+            key, subkey = jax.random.split(key)
+            order = _take_last(order, _radix_argsort(jax.random.bits(subkey, (n,), jnp.uint32)))
+        return order
+
+    if n > 1 << 30:   # the radix sort's positions need bits of the int32 it sorts
+        return jax_own(key)
+    return lax.platform_dependent(key, cpu=radix, default=jax_own)
+
+
 def _sort_leaf(x: jax.Array, output_axis: int = -1, where: str = "") -> jax.Array:
     axis = check_output_axis(output_axis, x.ndim, where)
     moved = _to_last(x, axis)

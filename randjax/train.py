@@ -402,13 +402,19 @@ def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entro
     model = as_model(model)
 
     def split_metrics(params, model_state, x, y, valid, key):
-        def chunk_sums(inputs):
-            xc, yc, vc = _shard_batch(mesh, *inputs)
+        def chunk_sums(i, sums):
+            take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk)
+            xc, yc, vc = _shard_batch(mesh, take(x), take(y), take(valid))
             logits, _ = model.apply(params, model_state, xc, train=False, key=key)
-            return (loss_fn(logits, yc) * vc).sum(), ((logits.argmax(-1) == yc) * vc).sum()
+            losses, correct = sums
+            return (losses.at[i].set((loss_fn(logits, yc) * vc).sum()),
+                    correct.at[i].set(((logits.argmax(-1) == yc) * vc).sum()))
 
-        shape = lambda a: a.reshape(-1, chunk, *a.shape[1:])
-        losses, correct = jax.lax.map(chunk_sums, (shape(x), shape(y), shape(valid)))
+        # A loop slicing the split in place: `lax.map` over the split reshaped
+        # into chunks was slower on CPU (same sums; the ``eval`` phase of
+        # ``python -m experiments.benchmark --end_to_end=adam_lenet_fmnist``).
+        zeros = jnp.zeros((x.shape[0] // chunk,), jnp.float32)
+        losses, correct = jax.lax.fori_loop(0, zeros.shape[0], chunk_sums, (zeros, zeros))
         n = valid.sum()
         return losses.sum() / n, correct.sum() / n
 
@@ -854,16 +860,20 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
             cuts = [k - first for k in snapshot_steps
                     if first + begin < k < first + steps_per_epoch]
             take_snapshot(state)
-            parts = []
+            outs = []
             for a, b in zip([begin, *cuts], [*cuts, None]):
                 state, *out = epoch_fn(a, b)(state, train_x, train_y,
                                              jax.random.fold_in(train_key, epoch))
                 if eval_pending:   # trace and compile it while the first epoch runs
                     evaluate.lower(state, eval_splits, eval_key).compile()
                     eval_pending = False
-                parts.append([np.atleast_1d(a) for a in jax.device_get(out)])
+                outs.append(out)
                 if b is not None:
                     take_snapshot(state)
+            # Queued behind the epoch, evaluation runs while the host reads the epoch.
+            metrics = (evaluate(state, eval_splits, jax.random.fold_in(eval_key, epoch))
+                       if eval_splits else None)
+            parts = [[np.atleast_1d(a) for a in jax.device_get(out)] for out in outs]
             losses, accs, sizes, finite = (np.concatenate(a) for a in zip(*parts))
             problem = find_nonfinite(losses, bool(finite.all()), int(state.step), epoch + 1, begin)
             train_seconds = time.perf_counter() - epoch_start
@@ -894,8 +904,7 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
             if eval_transform is not None:
                 record["eval_transform"] = getattr(eval_transform, "__name__", repr(eval_transform))
             if eval_splits:
-                metrics = jax.device_get(evaluate(state, eval_splits,
-                                                  jax.random.fold_in(eval_key, epoch)))
+                metrics = jax.device_get(metrics)
                 for name in eval_splits:   # val, then test
                     loss, acc = metrics[name]
                     record[f"{name}_loss"], record[f"{name}_accuracy"] = float(loss), float(acc)

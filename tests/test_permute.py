@@ -18,6 +18,7 @@ from randjax.permute import (
     _radix_argsort,
     _unsigned_key,
     find_permutation,
+    random_permutation,
     ranks,
     sort_vectors,
     sync,
@@ -196,3 +197,29 @@ def test_coarse_rank_key_never_inverts_the_order(x, bits):
     ordered = np.asarray(coarse)[np.asarray(_radix_argsort(_unsigned_key(x)))]
     assert ordered.min() >= 0 and ordered.max() < 2 ** bits
     assert (np.diff(ordered) >= 0).all(), ordered
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 1000, 60_000])
+def test_random_permutation_is_jaxs_bit_for_bit(n):
+    keys = [jax.random.key(7), jax.random.PRNGKey(11)]   # typed and raw
+    draw = jax.jit(random_permutation, static_argnums=1)
+    for key in keys:
+        ours = np.asarray(draw(key, n))
+        assert ours.dtype == np.int32
+        np.testing.assert_array_equal(ours, jax.random.permutation(key, n))
+
+
+def test_random_permutation_orders_tied_keys_as_jax():
+    # 300,000 uint32 keys hold ~10 tied pairs per round: the stable order
+    # decides where each pair lands, so a sort that is not stable differs.
+    key = jax.random.key(7)
+    _, subkey = jax.random.split(key)
+    bits = np.asarray(jax.random.bits(subkey, (300_000,), jnp.uint32))
+    assert len(np.unique(bits)) < len(bits)
+    np.testing.assert_array_equal(random_permutation(key, 300_000),
+                                  jax.random.permutation(key, 300_000))
+
+
+def test_random_permutation_rejects_a_bad_size():
+    with pytest.raises(ValueError, match="n must be"):
+        random_permutation(jax.random.key(0), -1)

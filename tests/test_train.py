@@ -41,6 +41,22 @@ def test_epoch_step_counts_include_or_drop_the_remainder(digits):
     assert dropped.summary["steps"] == n // 64
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 10_000])
+def test_evaluation_in_padded_chunks_is_the_whole_split_at_once(digits, chunk):
+    model, reparam = models.as_model(small_mlp()), randjax.dense()
+    state = train.init_state(model, reparam, adam(), digits.input_shape, jax.random.key(0))
+    mesh = train.data_mesh()
+    evaluate = train.make_eval_fn(model, reparam, mesh, chunk)
+    (loss, accuracy), = jax.device_get(evaluate(
+        state, {"test": data.pad_to_chunks(digits.test, chunk)}, jax.random.key(1))).values()
+    params = reparam.apply(state.trainable, state.frozen, key=None, train=False)
+    logits, _ = model.apply(params, state.model_state, digits.test.x, train=False,
+                            key=jax.random.key(0))
+    np.testing.assert_allclose(loss, train.cross_entropy(logits, digits.test.y).mean(),
+                               rtol=1e-5)
+    assert accuracy == np.mean(np.argmax(logits, -1) == digits.test.y)
+
+
 def test_run_is_a_pure_function_of_seed(digits):
     fit = lambda seed: randjax.fit(small_mlp(), digits, adam(), epochs=2, batch_size=64,
                                    seed=seed, progress=False).summary["params_sha256"]
