@@ -60,6 +60,7 @@ from jax.sharding import PartitionSpec as P
 from randjax import data as data_lib
 from randjax.models.adapters import ModelFunctions, as_model, describe
 from randjax.reparam import Reparam, apply_updates, dense
+from randjax.repeated import loop_repeated_draws
 from randjax.tree import check_choice, check_int
 from randjax.writers import JsonlWriter, MetricWriter, TensorBoardWriter, finite_json
 
@@ -159,7 +160,8 @@ def init_state(model, reparam: Reparam, tx: optax.GradientTransformation,
     "model_state": ...}``; ``step`` is the step count the state starts at.
 
     Everything runs as one jitted program (one compile instead of one per
-    operation); an ``init`` that returns arrays it holds (NNX, see
+    operation) in which tensors drawn alike are drawn in a loop
+    (`randjax.repeated.loop_repeated_draws`); an ``init`` that returns arrays it holds (NNX, see
     `ModelFunctions.jit_init`) runs before it, eagerly. A method whose init
     needs concrete values (e.g. `randjax.masked` with masks whose kept count
     depends on the weights) falls back to eager, op-by-op execution.
@@ -188,8 +190,8 @@ def init_state(model, reparam: Reparam, tx: optax.GradientTransformation,
                           frozen=frozen, model_state=model_state,
                           opt_state=tx.init(trainable))
 
-    try:
-        lowered = jax.jit(initial).lower(key, given)
+    try:   # one copy of code per distinct draw, not per tensor: see randjax.repeated
+        lowered = jax.jit(loop_repeated_draws(initial, key, given)).lower(key, given)
     except _NEEDS_VALUES:
         return initial(key, given)
     options = _INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}

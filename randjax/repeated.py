@@ -1,0 +1,231 @@
+"""Random draws that repeat, run as loops: one copy of their code, the same bits.
+
+A network's initialisation computes every parameter tensor by the same few
+operations: a key derived from the parameter's name, random bits, their
+transform to the initial distribution, a scale. Jitted as written, XLA
+generates code for each tensor's copy of them: a ResNet-56's init program
+has over a thousand kernels, and loading its executable from the
+compilation cache took longer than the rest of `randjax.train.init_state`
+(``python -m experiments.benchmark --init_times=resnet56``).
+
+`loop_repeated_draws` traces a function once and cuts its operations into
+*parts*: the operations needed by the same set of outputs (a kernel's
+draw, needed by the kernel and by its sorted copy; the sort, needed by the
+copy alone). Parts that draw random bits and are the same operations on
+differently valued inputs and constants run as one `jax.lax.map` over
+those values: one copy of the code per distinct draw. The operations and
+the values they see are the same, so are the results, bit for bit. Every
+other part runs once, as written: what the outputs share (the key they
+derive from, a threshold over all kernels), and small repeated work (a
+key's derivation), which XLA compiles faster unrolled than as a loop
+(the cold column of ``--init_times``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxprs_in_params
+
+
+class _Part(NamedTuple):
+    """Operations needed by one set of outputs, in program order."""
+
+    eqns: tuple[int, ...]
+    inputs: tuple[Any, ...]          # variables from elsewhere, in first-use order
+    constants: tuple[Literal, ...]   # in use order
+    exports: tuple[Any, ...]         # its variables that others (or the outputs) read
+
+
+def loop_repeated_draws(fn: Callable, *args) -> Callable:
+    """``fn`` as a function whose repeated random draws run as loops.
+
+    Args:
+        fn: a traceable function.
+        *args: example arguments; the result takes arguments of the same
+            structure, shapes and dtypes.
+
+    Returns:
+        A function computing ``fn(*args)``'s outputs bit for bit, in which
+        parts of the computation that draw random bits and repeat (the same
+        operations on other keys, inputs or constants) run as one
+        `jax.lax.map` per distinct part. A program with effects (callbacks,
+        prints) runs as written. Meant to be jitted.
+
+    Raises:
+        Whatever tracing ``fn`` raises (e.g. a concretization error).
+    """
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    jaxpr, consts = closed.jaxpr, dict(zip(closed.jaxpr.constvars, closed.consts))
+    parts = _parts(jaxpr)
+    groups: dict[tuple, list[_Part]] = {}
+    for part in parts:
+        groups.setdefault(_signature(jaxpr, part), []).append(part)
+    # Only draws loop: a loop of a few scalar operations (a key's derivation)
+    # takes XLA longer to compile than their copies do.
+    units = [[p] for g in groups.values() if len(g) == 1 or not _draws(jaxpr, g[0])
+             for p in g]
+    units += [g for g in groups.values() if len(g) > 1 and _draws(jaxpr, g[0])]
+
+    def run(*call_args):
+        env = dict(zip(jaxpr.invars, jax.tree.leaves(call_args)))
+        env.update(consts)
+        pending = units
+        while pending:
+            ready = [u for u in pending if all(v in env for p in u for v in p.inputs)]
+            if not ready:   # the parts of a loop feed each other: as written
+                for i in sorted(i for u in pending for p in u for i in p.eqns):
+                    _bind(jaxpr.eqns[i], env, lambda atom: atom.val)
+                break
+            for unit in ready:
+                if len(unit) > 1:
+                    _loop(jaxpr, unit, env)
+                else:
+                    for i in unit[0].eqns:
+                        _bind(jaxpr.eqns[i], env, lambda atom: atom.val)
+            pending = [u for u in pending if not any(u is r for r in ready)]
+        outputs = [v.val if isinstance(v, Literal) else env[v] for v in jaxpr.outvars]
+        return jax.tree.unflatten(jax.tree.structure(shape), outputs)
+
+    return run
+
+
+def _parts(jaxpr: Jaxpr) -> list[_Part]:
+    """The live operations, cut by the set of outputs that need them.
+
+    With effects anywhere, one part holds every operation (program order
+    is kept, nothing repeats).
+    """
+    producer = {v: i for i, eqn in enumerate(jaxpr.eqns) for v in eqn.outvars}
+    owners: dict[int, set[int]] = {}
+    for j, v in enumerate(jaxpr.outvars):
+        stack = [producer[v]] if not isinstance(v, Literal) and v in producer else []
+        while stack:
+            i = stack.pop()
+            if j not in owners.setdefault(i, set()):
+                owners[i].add(j)
+                stack.extend(producer[a] for a in jaxpr.eqns[i].invars
+                             if not isinstance(a, Literal) and a in producer)
+    if any(eqn.effects for eqn in jaxpr.eqns):
+        owners = {i: set() for i in range(len(jaxpr.eqns))}
+    clusters: dict[frozenset, list[int]] = {}
+    for i in sorted(owners):
+        clusters.setdefault(frozenset(owners[i]), []).append(i)
+    readers: dict[Any, set[frozenset]] = {}
+    for key, eqns in clusters.items():
+        for i in eqns:
+            for a in jaxpr.eqns[i].invars:
+                if not isinstance(a, Literal):
+                    readers.setdefault(a, set()).add(key)
+    outputs = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    parts = []
+    for key, eqns in clusters.items():
+        inside = {o for i in eqns for o in jaxpr.eqns[i].outvars}
+        inputs, constants = [], []
+        for i in eqns:
+            for a in jaxpr.eqns[i].invars:
+                if isinstance(a, Literal):
+                    constants.append(a)
+                elif a not in inside and a not in inputs:
+                    inputs.append(a)
+        exports = tuple(o for i in eqns for o in jaxpr.eqns[i].outvars
+                        if o in outputs or readers.get(o, set()) - {key})
+        parts.append(_Part(tuple(eqns), tuple(inputs), tuple(constants), exports))
+    return parts
+
+
+def _draws(jaxpr: Jaxpr, part: _Part) -> bool:
+    """Whether the part draws random bits, itself or in a nested program."""
+    def draws(eqns):
+        return any(eqn.primitive.name == "random_bits"
+                   or any(draws(j.eqns) for j in jaxprs_in_params(eqn.params)) for eqn in eqns)
+    return draws([jaxpr.eqns[i] for i in part.eqns])
+
+
+def _aval(atom) -> tuple:
+    return tuple(atom.aval.shape), str(atom.aval.dtype)
+
+
+def _param(value):
+    """A hashable stand-in for an equation parameter; by identity when not a plain value."""
+    if isinstance(value, (ClosedJaxpr, Jaxpr)) or callable(value):
+        return ("object", id(value))
+    if isinstance(value, (tuple, list)):
+        return tuple(_param(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return ("object", id(value))
+    return value
+
+
+def _signature(jaxpr: Jaxpr, part: _Part) -> tuple:
+    """The part's operations, their wiring, types and exports; not its values."""
+    local: dict[Any, int] = {}
+    steps = []
+    for i in part.eqns:
+        eqn = jaxpr.eqns[i]
+        wiring = tuple(("literal", _aval(a)) if isinstance(a, Literal)
+                       else ("local", local[a]) if a in local
+                       else ("input", part.inputs.index(a), _aval(a))
+                       for a in eqn.invars)
+        for o in eqn.outvars:
+            local[o] = len(local)
+        steps.append((eqn.primitive, tuple((k, _param(v)) for k, v in sorted(eqn.params.items())),
+                      wiring, tuple(_aval(o) for o in eqn.outvars)))
+    return tuple(steps), tuple(local[o] for o in part.exports)
+
+
+def _value(literal: Literal) -> np.ndarray:
+    return np.asarray(literal.val, literal.aval.dtype)
+
+
+def _same(literals: list[Literal]) -> bool:
+    """Whether literals hold the same numbers of the same dtype."""
+    values = [_value(a) for a in literals]
+    return all(v.dtype == values[0].dtype and np.array_equal(v, values[0]) for v in values)
+
+
+def _loop(jaxpr: Jaxpr, group: list[_Part], env: dict) -> None:
+    """Computes the exports of ``group`` (parts of one signature) by one `lax.map`, into ``env``.
+
+    An input or constant that differs between the parts is mapped over,
+    stacked; one they share is read as it is.
+    """
+    first = group[0]
+    mapped_inputs = [k for k, v in enumerate(first.inputs)
+                     if any(p.inputs[k] is not v for p in group)]
+    constants = [[p.constants[k] for p in group] for k in range(len(first.constants))]
+    mapped_constants = [k for k, literals in enumerate(constants) if not _same(literals)]
+    xs = ([jax.numpy.stack([env[p.inputs[k]] for p in group]) for k in mapped_inputs],
+          [np.stack([_value(a) for a in constants[k]]) for k in mapped_constants])
+
+    def body(xs):
+        given, literal = [env[v] for v in first.inputs], [a[0].val for a in constants]
+        for k, value in zip(mapped_inputs, xs[0]):
+            given[k] = value
+        for k, value in zip(mapped_constants, xs[1]):
+            literal[k] = value
+        local, values = dict(zip(first.inputs, given)), iter(literal)
+        for i in first.eqns:
+            _bind(jaxpr.eqns[i], local, lambda atom: next(values))
+        return [local[v] for v in first.exports]
+
+    if mapped_inputs or mapped_constants:
+        stacked = jax.lax.map(body, xs)
+        for n, part in enumerate(group):
+            env.update((v, out[n]) for v, out in zip(part.exports, stacked))
+    else:   # the same operations on the same values
+        out = body(xs)
+        for part in group:
+            env.update(zip(part.exports, out))
+
+
+def _bind(eqn, env: dict, literal: Callable) -> None:
+    """Evaluates ``eqn`` on ``env``'s values (as `jax.core.eval_jaxpr` does), into ``env``."""
+    values = [literal(a) if isinstance(a, Literal) else env[a] for a in eqn.invars]
+    out = eqn.primitive.bind(*values, **eqn.primitive.get_bind_params(eqn.params))
+    env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results else [out]))
