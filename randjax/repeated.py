@@ -66,9 +66,9 @@ def loop_repeated_draws(fn: Callable, *args) -> Callable:
         groups.setdefault(_signature(jaxpr, part), []).append(part)
     # Only draws loop: a loop of a few scalar operations (a key's derivation)
     # takes XLA longer to compile than their copies do.
-    units = [[p] for g in groups.values() if len(g) == 1 or not _draws(jaxpr, g[0])
-             for p in g]
-    units += [g for g in groups.values() if len(g) > 1 and _draws(jaxpr, g[0])]
+    looped = [g for g in groups.values() if len(g) > 1 and _draws(jaxpr, g[0])]
+    units = looped + [[p] for g in groups.values() if not any(g is x for x in looped)
+                      for p in g]
 
     def run(*call_args):
         env = dict(zip(jaxpr.invars, jax.tree.leaves(call_args)))
