@@ -3,10 +3,10 @@
 A network's initialisation computes every parameter tensor by the same few
 operations: a key derived from the parameter's name, random bits, their
 transform to the initial distribution, a scale. Jitted as written, XLA
-generates code for each tensor's copy of them: a ResNet-56's init program
-has over a thousand kernels, and loading its executable from the
-compilation cache took longer than the rest of `randjax.train.init_state`
-(``python -m experiments.benchmark --init_times=resnet56``).
+generates code for each tensor's copy of them, and for a ResNet-56 loading
+that executable from the compilation cache was most of
+`randjax.train.init_state`'s time (``python -m experiments.benchmark
+--init_times=all`` times it for every zoo model).
 
 `loop_repeated_draws` traces a function once and cuts its operations into
 *parts*: the operations needed by the same set of outputs (a kernel's
@@ -17,8 +17,8 @@ those values: one copy of the code per distinct draw. The operations and
 the values they see are the same, so are the results, bit for bit. Every
 other part runs once, as written: what the outputs share (the key they
 derive from, a threshold over all kernels), and small repeated work (a
-key's derivation), which XLA compiles faster unrolled than as a loop
-(the cold column of ``--init_times``).
+key's derivation), which XLA compiled faster unrolled than as a loop when
+both were tried.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def loop_repeated_draws(fn: Callable, *args) -> Callable:
     Raises:
         Whatever tracing ``fn`` raises (e.g. a concretization error).
     """
-    closed, shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     jaxpr, consts = closed.jaxpr, dict(zip(closed.jaxpr.constvars, closed.consts))
     parts = _parts(jaxpr)
     groups: dict[tuple, list[_Part]] = {}
@@ -88,7 +88,7 @@ def loop_repeated_draws(fn: Callable, *args) -> Callable:
                         _bind(jaxpr.eqns[i], env, lambda atom: atom.val)
             pending = [u for u in pending if not any(u is r for r in ready)]
         outputs = [v.val if isinstance(v, Literal) else env[v] for v in jaxpr.outvars]
-        return jax.tree.unflatten(jax.tree.structure(shape), outputs)
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
 
     return run
 

@@ -161,8 +161,9 @@ def init_state(model, reparam: Reparam, tx: optax.GradientTransformation,
 
     Everything runs as one jitted program (one compile instead of one per
     operation) in which tensors drawn alike are drawn in a loop
-    (`randjax.repeated.loop_repeated_draws`); an ``init`` that returns arrays it holds (NNX, see
-    `ModelFunctions.jit_init`) runs before it, eagerly. A method whose init
+    (`randjax.repeated.loop_repeated_draws`); an ``init`` that returns
+    arrays it holds (NNX, see `ModelFunctions.jit_init`) runs before it,
+    eagerly. A method whose init
     needs concrete values (e.g. `randjax.masked` with masks whose kept count
     depends on the weights) falls back to eager, op-by-op execution.
 
@@ -415,8 +416,9 @@ def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entro
         # A loop slicing the split in place: `lax.map` over the split reshaped
         # into chunks was slower on CPU (same sums; the ``eval`` phase of
         # ``python -m experiments.benchmark --end_to_end=adam_lenet_fmnist``).
-        zeros = jnp.zeros((x.shape[0] // chunk,), jnp.float32)
-        losses, correct = jax.lax.fori_loop(0, zeros.shape[0], chunk_sums, (zeros, zeros))
+        per_chunk = jnp.zeros((x.shape[0] // chunk,), jnp.float32)
+        losses, correct = jax.lax.fori_loop(0, per_chunk.shape[0], chunk_sums,
+                                            (per_chunk, per_chunk))
         n = valid.sum()
         return losses.sum() / n, correct.sum() / n
 

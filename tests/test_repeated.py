@@ -58,17 +58,28 @@ def test_a_computation_the_outputs_share_runs_once():
     assert jax.jit(looped).lower(key).as_text().count("stablehlo.sort") == 1
 
 
-def test_inputs_literals_shared_values_and_effects_pass_through(capfd):
+def test_inputs_literals_and_identical_draws_pass_through():
     def fn(x, key):
-        noisy = jax.random.normal(key, (2,))
-        jax.debug.print("drawn {}", noisy[0] > 10)   # an effect: the program runs as written
-        zeros = [jnp.zeros((3,)) for _ in range(3)]   # equal computations of equal values
-        return x, 2.0, zeros, noisy, [x * 2.0, x * 3.0]
+        same = [jax.random.normal(key, (3,)) for _ in range(3)]   # one draw, repeated
+        return x, 2.0, same, [x * 2.0, x * 3.0]
 
     args = (jnp.arange(3.0), jax.random.key(1))
-    looped = loop_repeated_draws(fn, *args)
-    assert_bitwise(jax.jit(looped)(*args), jax.jit(fn)(*args))
+    out = jax.jit(loop_repeated_draws(fn, *args))(*args)
+    assert_bitwise(out, jax.jit(fn)(*args))
+    np.testing.assert_array_equal(out[2][0], out[2][2])
+
+
+def test_a_program_with_effects_runs_as_written(capfd):
+    def fn(key):
+        draws = [jax.random.normal(jax.random.fold_in(key, i), (3,)) for i in range(3)]
+        jax.debug.print("drawn {}", draws[0][0] > 10)
+        return draws
+
+    key = jax.random.key(1)
+    looped = loop_repeated_draws(fn, key)
+    assert_bitwise(jax.jit(looped)(key), jax.jit(fn)(key))
     assert capfd.readouterr().out.count("drawn False") == 2
+    assert call_sites(looped, key) == call_sites(fn, key)
 
 
 def test_the_loops_compute_on_the_arguments_given_not_the_examples():
