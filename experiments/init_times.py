@@ -17,6 +17,7 @@ every weight vector.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pathlib
@@ -91,6 +92,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
     compile_cache.use_from_flags()
+    gc.freeze()   # as experiments.train does: init_state timed as a run finds it
     seconds = init_seconds(flags.FLAGS.model, flags.FLAGS.method)
     print(json.dumps({"model": flags.FLAGS.model, "init_seconds": seconds}))
 

@@ -37,6 +37,7 @@ compiled programs in ``--workdir``'s ``xla_cache/`` (or
 
 from __future__ import annotations
 
+import gc
 import json
 import pathlib
 import sys
@@ -507,6 +508,7 @@ def plot(series: dict[str, list[dict]], out, *, title: str = "") -> None:
 
 
 def main(argv):
+    gc.freeze()   # as experiments.train: no collector passes over the imports' objects
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO

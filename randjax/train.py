@@ -128,7 +128,14 @@ def _init_keys(init_key):
 
 def _fit_keys(seed: int):
     """``(init_key, train_key, eval_key)`` of ``fit(seed=seed)``."""
-    return jax.random.split(jax.random.key(seed), 3)
+    return _three_keys(jax.random.key(seed))   # eager: any Python int seeds it
+
+
+@jax.jit
+def _three_keys(key):
+    # One program, not one per eager operation (split, unstack), each of
+    # which JAX would trace, lower and compile on first use.
+    return tuple(jax.random.split(key, 3))
 
 
 def reparam_key(seed: int) -> jax.Array:
@@ -350,10 +357,11 @@ def _shard_batch(mesh, *arrays):
 def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
                   drop_remainder: bool = False, start: int = 0, stop: int | None = None,
                   check_finite: bool = True):
-    """A jitted ``epoch(state, x, y, key) -> (state, losses, accuracies, sizes, finite)``.
+    """A jitted ``epoch(state, x, y, key, index=None)``: one epoch of ``train_step``.
 
-    ``x`` and ``y`` are the whole device-resident training split. The epoch is
-    one permutation drawn with ``key``: a `lax.scan` over the full batches,
+    It returns ``(state, losses, accuracies, sizes, finite)``. ``x`` and
+    ``y`` are the whole device-resident training split. The epoch is one
+    permutation drawn with ``key``: a `lax.scan` over the full batches,
     then one step on the remainder unless ``drop_remainder``. ``start`` and
     ``stop`` run only the full batches ``[start, stop)`` of that epoch (with
     their own keys; the remainder only when ``stop`` is None), so an epoch
@@ -361,7 +369,9 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
     epoch to snapshot a step, or starts inside one to resume a schedule.
     ``finite`` says whether the trained parameters and model state are
     finite (`all_finite`; always True with ``check_finite=False``), for
-    `fit`'s divergence check.
+    `fit`'s divergence check. ``index`` (e.g. the epoch's number) draws the
+    epoch with ``fold_in(key, index)``, inside the program: an eager
+    `jax.random.fold_in` would compile a program of its own on first use.
     """
 
     def run(state, x, y, indices, keys):
@@ -371,7 +381,8 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
             return train_step(state, xb, yb, key)
         return jax.lax.scan(body, state, (indices, keys))
 
-    def epoch(state, x, y, key):
+    def epoch(state, x, y, key, index=None):
+        key = key if index is None else jax.random.fold_in(key, index)
         shuffle_key, step_key = jax.random.split(key)
         full, rest = data_lib.shuffle_batches(shuffle_key, num_examples, batch_size)
         keep_rest = rest.shape[0] > 0 and not drop_remainder and stop is None
@@ -394,13 +405,14 @@ def make_epoch_fn(train_step, mesh, num_examples: int, batch_size: int,
 
 def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entropy,
                  transform: Callable[[TrainState], TrainState] | None = None):
-    """A jitted ``evaluate(state, splits, key) -> {name: (mean loss, accuracy)}``.
+    """A jitted ``evaluate(state, splits, key, index=None) -> {name: (mean loss, accuracy)}``.
 
     ``splits`` maps a split's name to its ``(x, y, valid)``, padded to whole
     chunks (see `randjax.data.pad_to_chunks`); padded rows have ``valid ==
     0`` and count for nothing. ``transform(state) -> state`` (e.g. LaPerm's
     `synced_state`) runs first, in the same program: one dispatch per epoch
-    evaluates every split.
+    evaluates every split. ``index`` evaluates with ``fold_in(key, index)``
+    (as `make_epoch_fn`'s).
     """
     model = as_model(model)
 
@@ -422,7 +434,8 @@ def make_eval_fn(model, reparam, mesh, chunk: int, loss_fn: LossFn = cross_entro
         n = valid.sum()
         return losses.sum() / n, correct.sum() / n
 
-    def evaluate(state, splits, key):
+    def evaluate(state, splits, key, index=None):
+        key = key if index is None else jax.random.fold_in(key, index)
         state = state if transform is None else transform(state)
         # The method's weights once for all chunks and splits (as `_logits` derives them).
         reparam_key, dropout_key = jax.random.split(key)
@@ -850,7 +863,7 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
     compile_seconds = 0.0
     if start_epoch < epochs:
         epoch_fns[0, None] = epoch_fn(0, None).lower(
-            state, train_x, train_y, train_key).compile()
+            state, train_x, train_y, train_key, start_epoch).compile()
         compile_seconds = time.perf_counter() - start_time - float(prog.wall_seconds)
     eval_pending = bool(eval_splits)
     bar = tqdm.tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="train",
@@ -866,16 +879,15 @@ def fit(model, dataset: data_lib.Dataset, tx: optax.GradientTransformation, *,
             take_snapshot(state)
             outs = []
             for a, b in zip([begin, *cuts], [*cuts, None]):
-                state, *out = epoch_fn(a, b)(state, train_x, train_y,
-                                             jax.random.fold_in(train_key, epoch))
+                state, *out = epoch_fn(a, b)(state, train_x, train_y, train_key, epoch)
                 if eval_pending:   # trace and compile it while the first epoch runs
-                    evaluate.lower(state, eval_splits, eval_key).compile()
+                    evaluate.lower(state, eval_splits, eval_key, epoch).compile()
                     eval_pending = False
                 outs.append(out)
                 if b is not None:
                     take_snapshot(state)
             # Queued behind the epoch, evaluation runs while the host reads the epoch.
-            metrics = (evaluate(state, eval_splits, jax.random.fold_in(eval_key, epoch))
+            metrics = (evaluate(state, eval_splits, eval_key, epoch)
                        if eval_splits else None)
             parts = [[np.atleast_1d(a) for a in jax.device_get(out)] for out in outs]
             losses, accs, sizes, finite = (np.concatenate(a) for a in zip(*parts))

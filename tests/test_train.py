@@ -57,6 +57,16 @@ def test_evaluation_in_padded_chunks_is_the_whole_split_at_once(digits, chunk):
     assert accuracy == np.mean(np.argmax(logits, -1) == digits.test.y)
 
 
+@pytest.mark.parametrize("seed", [0, -1, 2**31, 2**40 + 3])
+def test_fits_keys_come_from_the_seed_as_jax_random_key_makes_it(seed):
+    # Any Python int seeds a run, past int32 too (jax.random.key takes it).
+    init_key = jax.random.split(jax.random.key(seed), 3)[0]
+    model_key, reparam_key = jax.random.split(init_key)
+    for got, want in ((train.model_key(seed), model_key),
+                      (train.reparam_key(seed), reparam_key)):
+        np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(want))
+
+
 def test_run_is_a_pure_function_of_seed(digits):
     fit = lambda seed: randjax.fit(small_mlp(), digits, adam(), epochs=2, batch_size=64,
                                    seed=seed, progress=False).summary["params_sha256"]
