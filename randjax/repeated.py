@@ -18,17 +18,30 @@ the values they see are the same, so are the results, bit for bit. Every
 other part runs once, as written: what the outputs share (the key they
 derive from, a threshold over all kernels), and small repeated work (a
 key's derivation), which XLA compiled faster unrolled than as a loop when
-both were tried.
+both were tried. The draws left outside loops (one per distinct shape) take
+their random words from one Threefry hash (`_merged_draws`): JAX lowers
+the hash's code once per shape otherwise, and these are the same words.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxprs_in_params
+from jax import lax
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, Var, jaxprs_in_params
+from jax.extend.random import threefry2x32_p
+
+
+class _Program(NamedTuple):
+    """A jaxpr's inputs, outputs and operations (nested draws inlined: `_inline_draws`)."""
+
+    invars: list
+    outvars: list
+    eqns: list
 
 
 class _Part(NamedTuple):
@@ -52,14 +65,20 @@ def loop_repeated_draws(fn: Callable, *args) -> Callable:
         A function computing ``fn(*args)``'s outputs bit for bit, in which
         parts of the computation that draw random bits and repeat (the same
         operations on other keys, inputs or constants) run as one
-        `jax.lax.map` per distinct part. A program with effects (callbacks,
-        prints) runs as written. Meant to be jitted.
+        `jax.lax.map` per distinct part, and the other 32-bit draws from
+        (partitionable) Threefry keys take their words from one hash. A
+        program with effects (callbacks, prints) runs as written. Meant to
+        be jitted.
 
     Raises:
         Whatever tracing ``fn`` raises (e.g. a concretization error).
     """
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    jaxpr, consts = closed.jaxpr, dict(zip(closed.jaxpr.constvars, closed.consts))
+    effects = any(eqn.effects for eqn in closed.jaxpr.eqns)
+    jaxpr, consts = (_Program(closed.jaxpr.invars, closed.jaxpr.outvars, closed.jaxpr.eqns),
+                     dict(zip(closed.jaxpr.constvars, closed.consts)))
+    if not effects:
+        jaxpr = _inline_draws(jaxpr, consts)
     parts = _parts(jaxpr)
     groups: dict[tuple, list[_Part]] = {}
     for part in parts:
@@ -73,27 +92,132 @@ def loop_repeated_draws(fn: Callable, *args) -> Callable:
     def run(*call_args):
         env = dict(zip(jaxpr.invars, jax.tree.leaves(call_args)))
         env.update(consts)
-        pending = units
-        while pending:
-            ready = [u for u in pending if all(v in env for p in u for v in p.inputs)]
-            if not ready:   # the parts of a loop feed each other: as written
-                for i in sorted(i for u in pending for p in u for i in p.eqns):
+        loops = [u for u in units if len(u) > 1]
+        written = sorted(i for u in units if len(u) == 1 for i in u[0].eqns)
+        while loops or written:
+            ready = [u for u in loops if all(v in env for p in u for v in p.inputs)]
+            for unit in ready:
+                _loop(jaxpr, unit, env)
+            loops = [u for u in loops if not any(u is r for r in ready)]
+            waiting = _bind_ready(jaxpr, written, env, merge=not effects)
+            if not ready and len(waiting) == len(written):
+                # The parts of a loop feed each other: as written.
+                for i in sorted(waiting + [i for u in loops for p in u for i in p.eqns]):
                     _bind(jaxpr.eqns[i], env, lambda atom: atom.val)
                 break
-            for unit in ready:
-                if len(unit) > 1:
-                    _loop(jaxpr, unit, env)
-                else:
-                    for i in unit[0].eqns:
-                        _bind(jaxpr.eqns[i], env, lambda atom: atom.val)
-            pending = [u for u in pending if not any(u is r for r in ready)]
+            written = waiting
         outputs = [v.val if isinstance(v, Literal) else env[v] for v in jaxpr.outvars]
         return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
 
     return run
 
 
-def _parts(jaxpr: Jaxpr) -> list[_Part]:
+def _bind_ready(jaxpr: _Program, eqns: list[int], env: dict, merge: bool) -> list[int]:
+    """Evaluates, in program order, the ``eqns`` whose inputs are in ``env``; returns the rest.
+
+    With ``merge``, the draws among them (`_mergeable`) wait until the
+    others are done, then take their words from one hash (`_merged_draws`).
+    """
+    waiting, draws = [], []
+    for i in eqns:
+        eqn = jaxpr.eqns[i]
+        if any(not isinstance(a, Literal) and a not in env for a in eqn.invars):
+            waiting.append(i)
+        elif merge and _mergeable(eqn, env):
+            draws.append(eqn)
+        else:
+            _bind(eqn, env, lambda atom: atom.val)
+    if draws:
+        _merged_draws(draws, env)
+    return waiting
+
+
+def _inline_draws(jaxpr: _Program, consts: dict) -> _Program:
+    """``jaxpr`` with every nested jit that draws random bits inlined.
+
+    `jax.random`'s samplers are jits; inlined, their draws are operations of
+    the program itself, for `_parts` to compare and `_merged_draws` to merge
+    (XLA inlines every call anyway). Each inlined copy gets fresh variables:
+    one jaxpr may be called from several places. Its constants go to ``consts``.
+    """
+    eqns = []
+
+    def inline(inner, rename, fresh):
+        read = lambda a: a if isinstance(a, Literal) else rename.get(a, a)
+        for eqn in inner.eqns:
+            invars = [read(a) for a in eqn.invars]
+            called = eqn.params.get("jaxpr") if eqn.primitive.name == "jit" else None
+            if isinstance(called, ClosedJaxpr) and _draws_in(called.jaxpr.eqns):
+                scope = dict(zip(called.jaxpr.invars, invars))
+                for v, value in zip(called.jaxpr.constvars, called.consts):
+                    scope[v] = Var(v.aval)
+                    consts[scope[v]] = value
+                inline(called.jaxpr, scope, fresh=True)
+                rename.update((o, a if isinstance(a, Literal) else scope.get(a, a))
+                              for o, a in zip(eqn.outvars, called.jaxpr.outvars))
+                continue
+            if fresh:
+                for o in eqn.outvars:
+                    rename[o] = Var(o.aval)
+            eqns.append(eqn.replace(invars=invars, outvars=[read(o) for o in eqn.outvars]))
+
+    rename: dict = {}
+    inline(jaxpr, rename, fresh=False)
+    outvars = [a if isinstance(a, Literal) else rename.get(a, a) for a in jaxpr.outvars]
+    return _Program(jaxpr.invars, outvars, eqns)
+
+
+def _mergeable(eqn, env: dict) -> bool:
+    """Whether ``eqn`` draws 32-bit words from one partitionable Threefry key (`_merged_draws`)."""
+    if eqn.primitive.name != "random_bits" or eqn.params["bit_width"] != 32:
+        return False
+    key = env[eqn.invars[0]]
+    return (key.shape == () and math.prod(eqn.params["shape"]) < MERGED_WORDS
+            and jax.random.key_impl(key) == "threefry2x32"
+            and jax.config.jax_threefry_partitionable)
+
+
+#: Most words one merged hash computes (int32 indexing; the words are held at once).
+MERGED_WORDS = 1 << 28
+
+
+def _merged_draws(eqns: list, env: dict) -> None:
+    """Computes each ``random_bits`` of ``eqns`` (`_mergeable`) into ``env``, by one hash.
+
+    Partitionable Threefry makes word ``i`` of a draw the hash of its key
+    and ``i``, its flat index, whatever the shape (``random_bits``' own
+    lowering). So the draws are slices of one hash over their keys, each
+    repeated, and their indices, concatenated: the same words from one copy
+    of the hash's code, which JAX would lower once per distinct shape.
+    """
+    batches, size = [[]], 0
+    for eqn in eqns:
+        n = math.prod(eqn.params["shape"])
+        if batches[-1] and size + n > MERGED_WORDS:
+            batches, size = [*batches, []], 0
+        batches[-1].append(eqn)
+        size += n
+    for batch in batches:
+        sizes = [math.prod(eqn.params["shape"]) for eqn in batch]
+        keys = zip(*(_key_words(env[eqn.invars[0]]) for eqn in batch))
+        words = [lax.concatenate([lax.broadcast_in_dim(w, (m,), ()) for w, m in zip(k, sizes)], 0)
+                 for k in keys]
+        index = lax.concatenate([lax.iota(np.uint32, m) for m in sizes], 0)
+        high, low = threefry2x32_p.bind(*words, lax.full_like(index, 0), index)
+        bits, start = lax.bitwise_xor(high, low), 0
+        for eqn, m in zip(batch, sizes):
+            env[eqn.outvars[0]] = lax.reshape(lax.slice(bits, (start,), (start + m,)),
+                                              eqn.params["shape"])
+            start += m
+
+
+def _key_words(key) -> tuple:
+    """A Threefry key's two uint32 words."""
+    data = jax.random.key_data(key)
+    return lax.index_in_dim(data, 0, keepdims=False), lax.index_in_dim(data, 1, keepdims=False)
+
+
+def _parts(jaxpr: _Program) -> list[_Part]:
     """The live operations, cut by the set of outputs that need them.
 
     With effects anywhere, one part holds every operation (program order
@@ -137,12 +261,15 @@ def _parts(jaxpr: Jaxpr) -> list[_Part]:
     return parts
 
 
-def _draws(jaxpr: Jaxpr, part: _Part) -> bool:
+def _draws_in(eqns) -> bool:
+    """Whether the operations draw random bits, themselves or in a nested program."""
+    return any(eqn.primitive.name == "random_bits"
+               or any(_draws_in(j.eqns) for j in jaxprs_in_params(eqn.params)) for eqn in eqns)
+
+
+def _draws(jaxpr: _Program, part: _Part) -> bool:
     """Whether the part draws random bits, itself or in a nested program."""
-    def draws(eqns):
-        return any(eqn.primitive.name == "random_bits"
-                   or any(draws(j.eqns) for j in jaxprs_in_params(eqn.params)) for eqn in eqns)
-    return draws([jaxpr.eqns[i] for i in part.eqns])
+    return _draws_in([jaxpr.eqns[i] for i in part.eqns])
 
 
 def _aval(atom) -> tuple:
@@ -162,7 +289,7 @@ def _param(value):
     return value
 
 
-def _signature(jaxpr: Jaxpr, part: _Part) -> tuple:
+def _signature(jaxpr: _Program, part: _Part) -> tuple:
     """The part's operations, their wiring, types and exports; not its values."""
     local: dict[Any, int] = {}
     steps = []
@@ -189,7 +316,7 @@ def _same(literals: list[Literal]) -> bool:
     return all(v.dtype == values[0].dtype and np.array_equal(v, values[0]) for v in values)
 
 
-def _loop(jaxpr: Jaxpr, group: list[_Part], env: dict) -> None:
+def _loop(jaxpr: _Program, group: list[_Part], env: dict) -> None:
     """Computes the exports of ``group`` (parts of one signature) by one `lax.map`, into ``env``.
 
     An input or constant that differs between the parts is mapped over,

@@ -103,6 +103,22 @@ def test_sort_vectors_layouts_and_skipped_leaves():
         sort_vectors(params, filter="kernel")
 
 
+@pytest.mark.parametrize("special", [None, -0.0, -1e-40, -np.nan])
+def test_a_large_leaf_sorts_as_integers_to_jnp_sorts_bits(special):
+    # 2**20 weights: the int32 sort, unless values that compare equal
+    # differ in bits (+-0, a subnormal XLA:CPU flushes, NaN): then jnp.sort,
+    # which keeps +0.0 before the special value that follows it.
+    leaf = jax.random.normal(jax.random.key(3), (1 << 16, 16))
+    if special is not None:
+        leaf = leaf.at[7, 3].set(0.0).at[9, 3].set(special)
+    got = jax.jit(sort_vectors)({"kernel": leaf})["kernel"]
+    want = jnp.sort(leaf, axis=0)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32),
+                                  np.asarray(want).view(np.uint32))
+    program = jax.jit(sort_vectors).lower({"kernel": leaf}).as_text()
+    assert "tensor<16x65536xi32>" in program
+
+
 def test_sync_passes_skipped_leaves_and_jits():
     params = {"kernel": jax.random.normal(jax.random.key(1), (6, 4)), "bias": jnp.ones(4)}
     sorted0 = sort_vectors(params)

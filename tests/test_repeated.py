@@ -117,3 +117,63 @@ def test_a_resnet_init_state_is_the_unlooped_programs_bitwise(method, monkeypatc
     assert len(looped) == 1
     assert_bitwise(state, jax.jit(initial)(key))
     assert call_sites(looped[0], key, None) < call_sites(initial, key)
+
+
+def distinct_draws(n):
+    """``n`` draws of distinct shapes (normal, uniform, truncated normal) from split keys."""
+    def fn(key):
+        samplers = [jax.random.normal, jax.random.uniform,
+                    lambda k, s: jax.random.truncated_normal(k, -2.0, 2.0, s)]
+        return [samplers[i % 3](k, (i + 2, 3)) for i, k in enumerate(jax.random.split(key, n))]
+    return fn
+
+
+def hashes(fn, *args) -> int:
+    """Copies of Threefry's code in ``fn``'s program: its key schedule's constant, once each."""
+    return jax.jit(fn).lower(*args).as_text().count(str(0x1BD11BDA))
+
+
+def test_distinct_draws_are_one_hash_of_the_same_words():
+    key = jax.random.key(7)
+    for n in (3, 7):
+        merged = loop_repeated_draws(distinct_draws(n), key)
+        assert_bitwise(jax.jit(merged)(key), jax.jit(distinct_draws(n))(key))
+        assert hashes(distinct_draws(n), key) == n + 1   # the split, then one per draw
+        assert hashes(merged, key) == 2
+
+
+def test_draws_past_a_merged_hashs_size_take_several(monkeypatch):
+    monkeypatch.setattr(randjax.repeated, "MERGED_WORDS", 20)   # draws of 6..24 words
+    key = jax.random.key(3)
+    merged = loop_repeated_draws(distinct_draws(7), key)
+    assert_bitwise(jax.jit(merged)(key), jax.jit(distinct_draws(7))(key))
+    assert 2 < hashes(merged, key) < 8
+
+
+@pytest.mark.parametrize("case", ["rbg", "narrow_words", "not_partitionable"])
+def test_draws_no_merged_hash_reproduces_run_as_written(case):
+    key = jax.random.key(2, impl="rbg") if case == "rbg" else jax.random.key(2)
+
+    def fn(key):
+        keys = jax.random.split(key, 3)
+        if case == "narrow_words":
+            return [jax.random.bits(k, (i + 2,), jnp.uint8) for i, k in enumerate(keys)]
+        return [jax.random.normal(k, (i + 2,)) for i, k in enumerate(keys)]
+
+    with jax.threefry_partitionable(case != "not_partitionable"):
+        merged = loop_repeated_draws(fn, key)
+        assert_bitwise(jax.jit(merged)(key), jax.jit(fn)(key))
+        if case != "rbg":
+            assert hashes(merged, key) == hashes(fn, key)
+
+
+def test_a_jit_called_twice_is_inlined_twice_with_its_constants():
+    scale = jnp.arange(1.0, 4.0)
+    draw = jax.jit(lambda k: jax.random.normal(k, (3,)) * scale)
+
+    def fn(key):
+        a, b = jax.random.split(key)
+        return draw(a), draw(b), draw(a) + 1.0, jax.random.uniform(b, (2, 2))
+
+    key = jax.random.key(9)
+    assert_bitwise(jax.jit(loop_repeated_draws(fn, key))(key), jax.jit(fn)(key))
