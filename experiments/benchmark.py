@@ -103,7 +103,7 @@ and warm compilation cache, phase by phase over ``--repeats`` rounds
 ``--init_times=NAMES`` (zoo models, or ``all``) times `randjax.train.init_state`
 for each model on 28x28x1, each in its own process, cold and warm
 compilation cache, with the dense network and SGD or (``--init_method=laperm``)
-LaPerm around Adam (`experiments.init_times`).
+LaPerm around Adam, medians over ``--repeats`` rounds (`experiments.init_times`).
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ _MODEL_APIS = flags.DEFINE_bool(
 _END_TO_END = flags.DEFINE_list(
     "end_to_end", [], "Presets (or 'all') to run end to end as `experiments.train` "
     "processes, cold and warm cache, timing each phase (experiments.end_to_end).")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Rounds of --end_to_end (medians).", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 1,
+                                "Rounds of --end_to_end and --init_times (medians).", lower_bound=1)
 _INIT_TIMES = flags.DEFINE_list(
     "init_times", [], "Zoo models (or 'all') whose init_state to time on 28x28x1, each in "
     "its own process, cold and warm cache (experiments.init_times).")
@@ -659,7 +660,7 @@ def main(argv):
         if _INIT_TIMES.value:
             names = _INIT_TIMES.value
             report = init_times.measure(models.names() if names == ["all"] else names,
-                                        _INIT_METHOD.value)
+                                        _INIT_METHOD.value, repeats=_REPEATS.value)
             _print_report(f"init_state seconds, {_INIT_METHOD.value}, 28x28x1 ({machine}):",
                           init_times.table(report), report)
             return

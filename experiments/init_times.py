@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark --init_times=all
     python -m experiments.benchmark --init_times=lenet300_100,resnet20 --init_method=laperm
+    python -m experiments.benchmark --init_times=all --repeats=3   # medians of 3 rounds
 
 Each model is initialised in its own process (``python -m
 experiments.init_times --model=<name> --compilation_cache_dir=<dir>``), on
@@ -21,6 +22,7 @@ import gc
 import json
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,8 +54,13 @@ def init_seconds(model_name: str, method: str = "dense") -> float:
     return time.perf_counter() - start
 
 
-def measure(names: list[str], method: str = "dense", root: str | None = None) -> dict:
-    """``{model: {"cold": seconds, "warm": seconds}}``, each in a fresh process.
+def measure(names: list[str], method: str = "dense", root: str | None = None,
+            repeats: int = 1) -> dict:
+    """``{model: {"cold": seconds, "warm": seconds}}``: medians of ``repeats`` rounds.
+
+    Every run is a fresh process; in every round each model runs cold (an
+    empty cache of its own) then warm, the models taking turns, so a slow
+    minute on a shared machine hits them alike.
 
     Raises:
         ValueError: a name that is not a zoo model.
@@ -61,12 +68,15 @@ def measure(names: list[str], method: str = "dense", root: str | None = None) ->
     unknown = sorted(set(names) - set(randjax.models.names()))
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {randjax.models.names()}")
-    report = {}
+    runs = {name: {"cold": [], "warm": []} for name in names}
     with tempfile.TemporaryDirectory(dir=root) as scratch:
-        for name in names:
-            cache = pathlib.Path(scratch, name)
-            report[name] = {mode: _one_process(name, method, cache) for mode in ("cold", "warm")}
-    return report
+        for round_ in range(repeats):
+            for name in names:
+                cache = pathlib.Path(scratch, f"{name}-{round_}")
+                for seconds in runs[name].values():   # cold, then warm
+                    seconds.append(_one_process(name, method, cache))
+    return {name: {mode: statistics.median(s) for mode, s in modes.items()}
+            for name, modes in runs.items()}
 
 
 def _one_process(name: str, method: str, cache: pathlib.Path) -> float:

@@ -69,9 +69,9 @@ def test_end_to_end_times_every_phase_cold_and_warm(tmp_path):
 
 
 def test_init_times_cold_then_warm(tmp_path):
-    report = init_times.measure(["lenet300_100"], "laperm", root=str(tmp_path))
+    report = init_times.measure(["lenet300_100"], "laperm", root=str(tmp_path), repeats=2)
     seconds = report["lenet300_100"]
-    # The warm process loads the program the cold one compiled.
+    # The warm processes load the program the cold ones compiled.
     assert 0 < seconds["warm"] < seconds["cold"]
     assert init_times.table(report).splitlines()[1].startswith("lenet300_100")
     with pytest.raises(ValueError, match="method must be one of"):
